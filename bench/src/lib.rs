@@ -1,0 +1,1 @@
+//! Shared measurement helpers of the rdmq benchmarks.

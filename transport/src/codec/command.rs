@@ -1,0 +1,272 @@
+//! The `RemotingCommand` value: one request or response of RocketMQ's remoting protocol.
+
+use bytes::Bytes;
+
+/// Header bit 0 of `flag`: set on responses (`RPC_TYPE`).
+pub const FLAG_RESPONSE: i32 = 1;
+/// Header bit 1 of `flag`: set on one-way requests, which get no response (`RPC_ONEWAY`).
+pub const FLAG_ONEWAY: i32 = 1 << 1;
+
+/// How a command's header is serialized (the high byte of the frame's second word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SerializeType {
+    /// fastjson-compatible JSON (type 0), what Java and every known client use by default.
+    #[default]
+    Json,
+    /// The compact big-endian `ROCKETMQ` binary layout (type 1).
+    RocketMq,
+}
+
+impl SerializeType {
+    /// The wire byte.
+    pub fn code(self) -> u8 {
+        match self {
+            SerializeType::Json => 0,
+            SerializeType::RocketMq => 1,
+        }
+    }
+
+    /// Parses the wire byte.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(SerializeType::Json),
+            1 => Some(SerializeType::RocketMq),
+            _ => None,
+        }
+    }
+
+    /// The name fastjson writes for `serializeTypeCurrentRPC`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SerializeType::Json => "JSON",
+            SerializeType::RocketMq => "ROCKETMQ",
+        }
+    }
+}
+
+/// The client implementation language (`LanguageCode`), written by name in JSON and as a byte in
+/// the binary header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[allow(missing_docs)]
+pub enum LanguageCode {
+    #[default]
+    Java,
+    Cpp,
+    DotNet,
+    Python,
+    Delphi,
+    Erlang,
+    Ruby,
+    Other,
+    Http,
+    Go,
+    Php,
+    Oms,
+    Rust,
+    NodeJs,
+}
+
+const LANGUAGES: [(LanguageCode, &str); 14] = [
+    (LanguageCode::Java, "JAVA"),
+    (LanguageCode::Cpp, "CPP"),
+    (LanguageCode::DotNet, "DOTNET"),
+    (LanguageCode::Python, "PYTHON"),
+    (LanguageCode::Delphi, "DELPHI"),
+    (LanguageCode::Erlang, "ERLANG"),
+    (LanguageCode::Ruby, "RUBY"),
+    (LanguageCode::Other, "OTHER"),
+    (LanguageCode::Http, "HTTP"),
+    (LanguageCode::Go, "GO"),
+    (LanguageCode::Php, "PHP"),
+    (LanguageCode::Oms, "OMS"),
+    (LanguageCode::Rust, "RUST"),
+    (LanguageCode::NodeJs, "NODE_JS"),
+];
+
+impl LanguageCode {
+    /// The byte used by the binary header (the Java enum's code).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Parses the binary byte; unknown values map to [`LanguageCode::Other`].
+    pub fn from_code(code: u8) -> Self {
+        LANGUAGES
+            .get(code as usize)
+            .map(|(l, _)| *l)
+            .unwrap_or(LanguageCode::Other)
+    }
+
+    /// The enum name used by the JSON header.
+    pub fn name(self) -> &'static str {
+        LANGUAGES[self as usize].1
+    }
+
+    /// Parses the JSON name; unknown names map to [`LanguageCode::Other`] (clients are free-form).
+    pub fn from_name(name: &str) -> Self {
+        LANGUAGES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(l, _)| *l)
+            .unwrap_or(LanguageCode::Other)
+    }
+}
+
+/// The per-command "custom header" fields, flattened to string pairs, in insertion order.
+///
+/// Headers carry a dozen or so fields, so a vector with linear lookup beats a hash map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtFields(Vec<(String, String)>);
+
+impl ExtFields {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Sets `key` to `value`, replacing an earlier value.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        let key = key.into();
+        let value = value.into();
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Removes and returns the value of `key`.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        let pos = self.0.iter().position(|(k, _)| k == key)?;
+        Some(self.0.remove(pos).1)
+    }
+
+    /// Iterates over the pairs in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for ExtFields {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut f = ExtFields::new();
+        for (k, v) in iter {
+            f.insert(k, v);
+        }
+        f
+    }
+}
+
+/// One remoting request or response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotingCommand {
+    /// Request code, or response code in a response.
+    pub code: i32,
+    /// Sender's language.
+    pub language: LanguageCode,
+    /// Sender's protocol version (MQVersion ordinal).
+    pub version: i32,
+    /// Request id, echoed by the response. 0 is a valid id.
+    pub opaque: i32,
+    /// Bit field: [`FLAG_RESPONSE`], [`FLAG_ONEWAY`].
+    pub flag: i32,
+    /// Free text, typically an error description.
+    pub remark: Option<String>,
+    /// Command-specific header fields (`None` is written as absent, not as an empty map).
+    pub ext_fields: Option<ExtFields>,
+    /// Header encoding used on the wire.
+    pub serialize_type: SerializeType,
+    /// The body; a slice of the receive buffer on decode.
+    pub body: Bytes,
+}
+
+/// The protocol version rdmq announces: RocketMQ V5_3_3.
+pub const RDMQ_VERSION: i32 = 479;
+
+impl RemotingCommand {
+    /// A new request with `code`, no fields and no body.
+    pub fn request(code: i32) -> Self {
+        Self {
+            code,
+            language: LanguageCode::Rust,
+            version: RDMQ_VERSION,
+            opaque: 0,
+            flag: 0,
+            remark: None,
+            ext_fields: None,
+            serialize_type: SerializeType::Json,
+            body: Bytes::new(),
+        }
+    }
+
+    /// A new response with `code` and an optional remark.
+    pub fn response(code: i32, remark: Option<String>) -> Self {
+        Self {
+            flag: FLAG_RESPONSE,
+            remark,
+            ..Self::request(code)
+        }
+    }
+
+    /// Builder: sets one header field.
+    pub fn with_field(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.ext_fields
+            .get_or_insert_with(ExtFields::new)
+            .insert(key, value);
+        self
+    }
+
+    /// Builder: sets the body.
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Builder: sets the header encoding.
+    pub fn with_serialize_type(mut self, ser: SerializeType) -> Self {
+        self.serialize_type = ser;
+        self
+    }
+
+    /// True for responses.
+    pub fn is_response(&self) -> bool {
+        self.flag & FLAG_RESPONSE != 0
+    }
+
+    /// True for one-way requests.
+    pub fn is_oneway(&self) -> bool {
+        self.flag & FLAG_ONEWAY != 0
+    }
+
+    /// Marks the command as a one-way request.
+    pub fn mark_oneway(&mut self) {
+        self.flag |= FLAG_ONEWAY;
+    }
+
+    /// Marks the command as a response.
+    pub fn mark_response(&mut self) {
+        self.flag |= FLAG_RESPONSE;
+    }
+
+    /// A header field, if present.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.ext_fields.as_ref().and_then(|f| f.get(key))
+    }
+}

@@ -1,0 +1,224 @@
+//! The remoting client: a small pool of connections per endpoint, dialled lazily, re-dialled
+//! with exponential backoff after failures.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::codec::RemotingCommand;
+use crate::connection::{Connection, ConnectionConfig};
+use crate::endpoint::Endpoint;
+use crate::error::TransportError;
+use crate::link::{Link, Transport};
+
+/// Client tuning.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Connections per endpoint; calls are spread round-robin.
+    pub connections_per_endpoint: usize,
+    /// Timeout of [`Client::invoke`] when the caller gives none.
+    pub call_timeout: Duration,
+    /// First wait after a failed dial.
+    pub backoff_initial: Duration,
+    /// Longest wait between dials.
+    pub backoff_max: Duration,
+    /// Per-connection settings.
+    pub connection: ConnectionConfig,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connections_per_endpoint: 1,
+            call_timeout: Duration::from_secs(3),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+type TxOf<T> = <<T as Transport>::Link as Link>::Tx;
+
+/// A remoting client over the transport `T`. Cheap to clone.
+#[derive(Debug)]
+pub struct Client<T: Transport> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Transport> Clone for Client<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<T: Transport> {
+    transport: T,
+    config: ClientConfig,
+    pools: Mutex<HashMap<Endpoint, Arc<Pool<T>>>>,
+}
+
+#[derive(Debug)]
+struct Pool<T: Transport> {
+    slots: Vec<Slot<T>>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Slot<T: Transport> {
+    conn: Mutex<Option<Connection<TxOf<T>>>>,
+    dial: tokio::sync::Mutex<Backoff>,
+}
+
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    next_attempt: Option<Instant>,
+    last_error: String,
+}
+
+impl<T: Transport> Slot<T> {
+    fn live(&self) -> Option<Connection<TxOf<T>>> {
+        let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().filter(|c| c.is_open()).cloned()
+    }
+}
+
+impl<T: Transport> Client<T> {
+    /// A client dialling with `transport`.
+    pub fn new(transport: T, config: ClientConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                transport,
+                config,
+                pools: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The tuning.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    fn pool(&self, endpoint: &Endpoint) -> Arc<Pool<T>> {
+        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(endpoint.clone())
+            .or_insert_with(|| {
+                let n = self.inner.config.connections_per_endpoint.max(1);
+                Arc::new(Pool {
+                    slots: (0..n)
+                        .map(|_| Slot {
+                            conn: Mutex::new(None),
+                            dial: tokio::sync::Mutex::new(Backoff::default()),
+                        })
+                        .collect(),
+                    next: AtomicUsize::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// A live connection to `endpoint`, dialling if needed. While a recent dial failure's
+    /// backoff runs, fails fast with [`TransportError::Unavailable`].
+    pub async fn connection(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Connection<TxOf<T>>, TransportError> {
+        let pool = self.pool(endpoint);
+        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
+        let slot = &pool.slots[i];
+        if let Some(c) = slot.live() {
+            return Ok(c);
+        }
+        let mut backoff = slot.dial.lock().await;
+        if let Some(c) = slot.live() {
+            return Ok(c);
+        }
+        let now = Instant::now();
+        if let Some(at) = backoff.next_attempt.filter(|at| *at > now) {
+            return Err(TransportError::Unavailable {
+                endpoint: endpoint.to_string(),
+                last_error: backoff.last_error.clone(),
+                retry_in: at - now,
+            });
+        }
+        match self.inner.transport.connect(endpoint).await {
+            Ok(link) => {
+                let (conn, incoming) = Connection::new(link, self.inner.config.connection.clone());
+                // Requests from the broker side are not served by this client.
+                drop(incoming);
+                let info = conn.info();
+                tracing::info!(
+                    endpoint = %endpoint,
+                    transport = info.transport,
+                    reason = %info.reason,
+                    local = %info.local,
+                    "connected"
+                );
+                *backoff = Backoff::default();
+                *slot.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                let cfg = &self.inner.config;
+                let delay = cfg
+                    .backoff_initial
+                    .saturating_mul(1u32 << backoff.failures.min(16))
+                    .min(cfg.backoff_max);
+                backoff.failures += 1;
+                backoff.next_attempt = Some(now + delay);
+                backoff.last_error = e.to_string();
+                tracing::warn!(endpoint = %endpoint, error = %e, retry_in = ?delay, "connect failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `request` to `endpoint` and waits for the response (`timeout` or the configured
+    /// call timeout).
+    pub async fn invoke(
+        &self,
+        endpoint: &Endpoint,
+        request: RemotingCommand,
+        timeout: Option<Duration>,
+    ) -> Result<RemotingCommand, TransportError> {
+        let timeout = timeout.unwrap_or(self.inner.config.call_timeout);
+        let conn = tokio::time::timeout(timeout, self.connection(endpoint))
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))??;
+        conn.call(request, timeout).await
+    }
+
+    /// Sends a one-way request to `endpoint`.
+    pub async fn invoke_oneway(
+        &self,
+        endpoint: &Endpoint,
+        request: RemotingCommand,
+    ) -> Result<(), TransportError> {
+        self.connection(endpoint).await?.oneway(request).await
+    }
+
+    /// Closes every connection gracefully.
+    pub async fn close(&self, grace: Duration) {
+        let pools: Vec<_> = {
+            let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.drain().map(|(_, p)| p).collect()
+        };
+        for pool in pools {
+            for slot in &pool.slots {
+                let conn = slot.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(c) = conn {
+                    c.close(grace).await;
+                }
+            }
+        }
+    }
+}
