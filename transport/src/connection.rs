@@ -374,10 +374,7 @@ async fn read_loop<T: LinkTx, R: LinkRx>(
             continue;
         }
         let responder = Responder::new(&shared, &command);
-        let request = IncomingRequest {
-            command,
-            responder,
-        };
+        let request = IncomingRequest { command, responder };
         if let Err(mpsc::error::SendError(request)) = incoming.send(request).await {
             let code = request.command.code;
             tokio::spawn(async move {
@@ -385,7 +382,9 @@ async fn read_loop<T: LinkTx, R: LinkRx>(
                     .responder
                     .respond(RemotingCommand::response(
                         crate::protocol::response_code::REQUEST_CODE_NOT_SUPPORTED,
-                        Some(format!("request code {code} is not served on this connection")),
+                        Some(format!(
+                            "request code {code} is not served on this connection"
+                        )),
                     ))
                     .await;
             });

@@ -159,13 +159,28 @@ mod tests {
         let e: Endpoint = "127.0.0.1:8080".parse().unwrap();
         assert_eq!(e, Endpoint::tcp("127.0.0.1", 8080));
         let e: Endpoint = "rdma-sim://[::1]:9".parse().unwrap();
-        assert_eq!((e.scheme, e.host.as_str(), e.authority()), (Scheme::RdmaSim, "::1", "[::1]:9".to_owned()));
+        assert_eq!(
+            (e.scheme, e.host.as_str(), e.authority()),
+            (Scheme::RdmaSim, "::1", "[::1]:9".to_owned())
+        );
     }
 
     #[test]
     fn rejects_bad_input() {
-        for s in ["udp://a:1", "tcp://a", "tcp://:1", "tcp://a:70000", "tcp://[::1:5"] {
-            assert!(matches!(s.parse::<Endpoint>(), Err(TransportError::InvalidEndpoint(..))), "{s}");
+        for s in [
+            "udp://a:1",
+            "tcp://a",
+            "tcp://:1",
+            "tcp://a:70000",
+            "tcp://[::1:5",
+        ] {
+            assert!(
+                matches!(
+                    s.parse::<Endpoint>(),
+                    Err(TransportError::InvalidEndpoint(..))
+                ),
+                "{s}"
+            );
         }
     }
 }

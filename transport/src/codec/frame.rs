@@ -134,8 +134,8 @@ impl RemotingCommand {
                 available: frame.len(),
             });
         }
-        let ser =
-            SerializeType::from_code(ser_code).ok_or(DecodeError::UnknownSerializeType(ser_code))?;
+        let ser = SerializeType::from_code(ser_code)
+            .ok_or(DecodeError::UnknownSerializeType(ser_code))?;
         let header = frame.split_to(header_len);
         let mut cmd = match ser {
             SerializeType::Json => json::decode(&header)?,

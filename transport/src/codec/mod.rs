@@ -12,6 +12,4 @@ pub use command::{
     SerializeType,
 };
 pub use error::{DecodeError, EncodeError};
-pub use frame::{
-    DEFAULT_MAX_FRAME, EncodedCommand, FRAME_PREFIX_LEN, FrameSplitter, FrameWrite,
-};
+pub use frame::{DEFAULT_MAX_FRAME, EncodedCommand, FRAME_PREFIX_LEN, FrameSplitter, FrameWrite};

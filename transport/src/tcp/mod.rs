@@ -78,8 +78,14 @@ impl TcpTransport {
         stream.set_nodelay(true)?;
         let info = LinkInfo {
             transport: "tcp",
-            local: stream.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            peer: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            local: stream
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            peer: stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             reason: reason.into(),
             counters: Arc::new(LinkCounters::default()),
         };

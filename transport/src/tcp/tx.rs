@@ -114,7 +114,10 @@ impl TcpTx {
     }
 
     fn closed_error(&self) -> TransportError {
-        self.dead.reason().cloned().unwrap_or(TransportError::Closed)
+        self.dead
+            .reason()
+            .cloned()
+            .unwrap_or(TransportError::Closed)
     }
 }
 
