@@ -1,1 +1,6 @@
-//! Shared measurement helpers of the rdmq benchmarks.
+//! Shared measurement code of the rdmq benchmarks: latency histograms, the machine label that
+//! goes with every number, and transport round-trip and pipelined-throughput runs over any
+//! [`Transport`](rdmq_transport::Transport).
+
+pub mod report;
+pub mod transport;

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The rdmq test command. On a fresh Debian machine it installs what is missing, then runs the
+# whole suite: formatting, lints, and every test of the workspace.
+#
+#   scripts/test.sh            # everything
+#   RDMQ_SKIP_LINT=1 scripts/test.sh   # tests only
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+log() { printf '\n== %s\n' "$*"; }
+
+# --- what a fresh machine lacks -------------------------------------------------------------
+apt_missing=()
+need_apt() {
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || apt_missing+=("$p")
+  done
+}
+# gcc/make for crates with C parts; pkg-config for -sys crates.
+need_apt build-essential pkg-config ca-certificates
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${apt_missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+fi
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust 1.95 with rustup" >&2; exit 1; }
+
+# --- formatting and lints -------------------------------------------------------------------
+if [ -z "${RDMQ_SKIP_LINT:-}" ]; then
+  log "cargo fmt --check"
+  cargo fmt --all -- --check
+  log "cargo clippy --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+fi
+
+# --- host test suite ------------------------------------------------------------------------
+log "cargo test (workspace)"
+cargo test --workspace
+
+log "all tests passed"
