@@ -17,6 +17,7 @@ pub mod endpoint;
 pub mod error;
 pub mod link;
 pub mod protocol;
+pub mod rdma;
 pub mod remoting;
 mod signal;
 pub mod tcp;

@@ -1,0 +1,309 @@
+//! Registered memory: one page-aligned [`Arena`] allocated at start-up (optionally on
+//! hugepages), cut into fixed-size slots that are lent either to the application (a send slot
+//! being filled, a received frame being read) or to the NIC (posted). This is the backend's
+//! shared-memory module: every `unsafe` of the RDMA data path is here, and the slot check-out
+//! flags turn "one owner per slot at a time" into a runtime-checked rule.
+
+#![allow(unsafe_code)]
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+const PAGE: usize = 4096;
+const HUGE_PAGE: usize = 2 * 1024 * 1024;
+
+#[derive(Debug)]
+enum Backing {
+    Heap,
+    Mmap,
+}
+
+/// A block of page-aligned memory that never moves, for registration with a device.
+#[derive(Debug)]
+pub struct Arena {
+    ptr: NonNull<u8>,
+    len: usize,
+    backing: Backing,
+}
+
+// SAFETY: the arena exclusively owns its allocation; concurrent access to its bytes goes
+// through slots, each owned by one party at a time (enforced by `SlotRegion`).
+unsafe impl Send for Arena {}
+// SAFETY: as above; shared references only expose the address and checked slot views.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// `len` zeroed bytes on the heap, page aligned.
+    pub fn new(len: usize) -> Arc<Arena> {
+        let len = len.max(1).next_multiple_of(PAGE);
+        let layout = std::alloc::Layout::from_size_align(len, PAGE).expect("layout");
+        // SAFETY: `layout` has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Arc::new(Arena {
+            ptr,
+            len,
+            backing: Backing::Heap,
+        })
+    }
+
+    /// `len` bytes on 2 MiB hugepages (fails if the system has none reserved).
+    pub fn with_hugepages(len: usize) -> std::io::Result<Arc<Arena>> {
+        let len = len.max(1).next_multiple_of(HUGE_PAGE);
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Arc::new(Arena {
+            ptr: NonNull::new(p.cast()).expect("mmap returned null"),
+            len,
+            backing: Backing::Mmap,
+        }))
+    }
+
+    /// Start address.
+    pub fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as usize as u64
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty arena (never: arenas have at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, offset: usize, len: usize) {
+        assert!(
+            offset.checked_add(len).is_some_and(|e| e <= self.len),
+            "arena access {offset}+{len} out of bounds ({})",
+            self.len
+        );
+    }
+
+    /// Copies `data` to `offset`. Only for memory no slot lends out (tests, rings the
+    /// protocol has quiesced).
+    pub fn write(&self, offset: usize, data: &[u8]) {
+        self.check(offset, data.len());
+        // SAFETY: bounds checked; the caller does not race the NIC on this range.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
+        }
+    }
+
+    /// Copies bytes at `offset` into `out`. Same rule as [`Arena::write`].
+    pub fn read(&self, offset: usize, out: &mut [u8]) {
+        self.check(offset, out.len());
+        // SAFETY: bounds checked; the caller does not race the NIC on this range.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        match self.backing {
+            Backing::Heap => {
+                let layout = std::alloc::Layout::from_size_align(self.len, PAGE).expect("layout");
+                // SAFETY: allocated in `new` with this layout.
+                unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
+            }
+            Backing::Mmap => {
+                // SAFETY: mapped in `with_hugepages` with this length.
+                unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+            }
+        }
+    }
+}
+
+/// `count` slots of `slot_size` bytes starting at `base` in an arena, each checked out to at
+/// most one owner at a time.
+#[derive(Debug)]
+pub struct SlotRegion {
+    arena: Arc<Arena>,
+    base: usize,
+    slot_size: usize,
+    out: Box<[AtomicBool]>,
+    returned: Mutex<Vec<u32>>,
+    /// Woken when a view is dropped, so an idle driver re-posts the slot (and returns credit).
+    pub(crate) returned_notify: tokio::sync::Notify,
+}
+
+impl SlotRegion {
+    /// Carves the slots; panics if they do not fit the arena.
+    pub fn new(arena: Arc<Arena>, base: usize, slot_size: usize, count: usize) -> Arc<Self> {
+        arena.check(base, slot_size * count);
+        Arc::new(Self {
+            arena,
+            base,
+            slot_size,
+            out: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            returned: Mutex::new(Vec::new()),
+            returned_notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Slot size in bytes.
+    pub fn slot_size(&self) -> usize {
+        self.slot_size
+    }
+
+    /// Number of slots.
+    pub fn count(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The arena behind the slots.
+    pub fn arena(&self) -> &Arc<Arena> {
+        &self.arena
+    }
+
+    /// Address of slot `idx` (for SGEs and for the peer's remote writes).
+    pub fn addr_of(&self, idx: u32) -> u64 {
+        self.arena.addr() + (self.base + idx as usize * self.slot_size) as u64
+    }
+
+    /// Takes slot `idx` for exclusive use. Panics if it is already out: that would be a
+    /// protocol bug letting two owners (or the NIC and an owner) share memory.
+    pub fn checkout(self: &Arc<Self>, idx: u32) -> Slot {
+        let flag = &self.out[idx as usize];
+        assert!(
+            !flag.swap(true, Ordering::Acquire),
+            "slot {idx} checked out twice"
+        );
+        Slot {
+            region: self.clone(),
+            idx,
+        }
+    }
+
+    /// Slots whose received-frame views were dropped since the last call (to re-post).
+    pub fn take_returned(&self, into: &mut Vec<u32>) {
+        let mut r = self.returned.lock().unwrap_or_else(|p| p.into_inner());
+        into.append(&mut r);
+    }
+
+    /// Number of slots whose views were dropped and not yet taken.
+    pub fn returned_len(&self) -> usize {
+        self.returned.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
+
+/// Exclusive access to one slot.
+#[derive(Debug)]
+pub struct Slot {
+    region: Arc<SlotRegion>,
+    idx: u32,
+}
+
+impl Slot {
+    /// The slot's index.
+    pub fn index(&self) -> u32 {
+        self.idx
+    }
+
+    /// The slot's address.
+    pub fn addr(&self) -> u64 {
+        self.region.addr_of(self.idx)
+    }
+
+    /// The whole slot, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let r = &self.region;
+        // SAFETY: the slot lies inside the arena (checked in `SlotRegion::new`), and the
+        // check-out flag guarantees this `Slot` is its only owner; the NIC only touches slots
+        // that are posted, and a posted slot is not checked out.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                r.arena
+                    .ptr
+                    .as_ptr()
+                    .add(r.base + self.idx as usize * r.slot_size),
+                r.slot_size,
+            )
+        }
+    }
+
+    /// The whole slot, readable.
+    pub fn as_slice(&self) -> &[u8] {
+        let r = &self.region;
+        // SAFETY: as in `as_mut_slice`; shared access through `&self`.
+        unsafe {
+            std::slice::from_raw_parts(
+                r.arena
+                    .ptr
+                    .as_ptr()
+                    .add(r.base + self.idx as usize * r.slot_size),
+                r.slot_size,
+            )
+        }
+    }
+
+    /// Turns the first `len` bytes into `Bytes` without copying. When the last clone drops,
+    /// the slot is checked in and its index queued in [`SlotRegion::take_returned`].
+    pub fn into_bytes(self, offset: usize, len: usize) -> Bytes {
+        assert!(offset + len <= self.region.slot_size);
+        Bytes::from_owner(ReceivedView {
+            slot: Some(self),
+            offset,
+            len,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.region.out[self.idx as usize].store(false, Ordering::Release);
+    }
+}
+
+struct ReceivedView {
+    slot: Option<Slot>,
+    offset: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for ReceivedView {
+    fn as_ref(&self) -> &[u8] {
+        match &self.slot {
+            Some(s) => &s.as_slice()[self.offset..self.offset + self.len],
+            None => &[],
+        }
+    }
+}
+
+impl Drop for ReceivedView {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
+        let (region, idx) = (slot.region.clone(), slot.idx);
+        // Check the slot in before announcing it, so it can be checked out again at once.
+        drop(slot);
+        region
+            .returned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(idx);
+        region.returned_notify.notify_one();
+    }
+}
