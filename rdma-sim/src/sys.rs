@@ -41,6 +41,19 @@ impl EventFd {
         if n == 8 { v } else { 0 }
     }
 
+    /// Blocks until the counter is non-zero or `timeout` passes; true if signalled.
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: polls one live pollfd for at most `ms` milliseconds.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        n > 0 && pfd.revents & libc::POLLIN != 0
+    }
+
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

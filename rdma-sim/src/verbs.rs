@@ -420,6 +420,12 @@ impl CompletionChannel {
     pub fn get_events(&self) -> u64 {
         self.efd.drain()
     }
+
+    /// Blocks until a notification is pending or `timeout` passes (`poll(2)` on the
+    /// descriptor); true if one is pending. Does not consume it.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.efd.wait(timeout)
+    }
 }
 
 impl AsRawFd for CompletionChannel {

@@ -307,6 +307,11 @@ impl Fabric {
         self.virtual_now.fetch_max(target, Relaxed);
     }
 
+    /// When the next event falls due, if any.
+    pub fn next_event_at(&self) -> Option<Duration> {
+        self.lock().0.next_deadline().map(Duration::from_nanos)
+    }
+
     /// Events waiting to be handled.
     pub fn pending_events(&self) -> usize {
         self.lock().0.pending_events()

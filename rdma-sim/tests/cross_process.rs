@@ -1,0 +1,404 @@
+//! Two separately started processes talking through rdma-sim: the test binary re-runs itself
+//! as two children; each opens a device of its own process-wide fabric, prints its bootstrap
+//! data (GID, QP number, rkey, address), and the parent hands each child the other's line, as
+//! an application exchanges QP information over TCP on real verbs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use rdma_sim::{
+    Access, CompletionChannel, CompletionQueue, Gid, Opcode, OwnedRegion, ProtectionDomain,
+    QpAddress, QpAttr, QpCaps, QpInitAttr, QueuePair, RecvWr, RemoteAddr, SendWr, WcOpcode,
+    WcStatus, WorkCompletion,
+};
+
+const SLOTS: usize = 1024;
+const MSG: usize = 64;
+
+// ----- child side ------------------------------------------------------------------------
+
+struct Node {
+    _pd: ProtectionDomain,
+    channel: CompletionChannel,
+    cq: CompletionQueue,
+    qp: QueuePair,
+    mem: OwnedRegion,
+    wcs: Vec<WorkCompletion>,
+}
+
+fn empty_wc() -> WorkCompletion {
+    WorkCompletion {
+        wr_id: 0,
+        status: WcStatus::Success,
+        opcode: WcOpcode::Send,
+        byte_len: 0,
+        imm: None,
+        qp_num: 0,
+        src_qp: 0,
+        solicited: false,
+    }
+}
+
+impl Node {
+    fn open() -> Node {
+        let ctx = rdma_sim::devices()[0].open().unwrap();
+        let pd = ctx.alloc_pd();
+        let channel = ctx.create_comp_channel().unwrap();
+        let cq = ctx.create_cq(8192, Some(&channel)).unwrap();
+        let caps = QpCaps {
+            max_send_wr: 2048,
+            max_recv_wr: 2048,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline_data: 64,
+        };
+        let qp = pd
+            .create_qp(QpInitAttr {
+                send_cq: &cq,
+                recv_cq: &cq,
+                caps,
+            })
+            .unwrap();
+        let mem = pd
+            .alloc_region(4 * SLOTS * MSG, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
+            .unwrap();
+        Node {
+            _pd: pd,
+            channel,
+            cq,
+            qp,
+            mem,
+            wcs: vec![empty_wc(); 256],
+        }
+    }
+
+    /// Prints this side's bootstrap line and connects to the peer's, read from stdin.
+    fn bootstrap(&self) -> (u32, u64) {
+        let a = self.qp.address();
+        println!(
+            "ADDR {} {} {} {}",
+            a.gid,
+            a.qpn,
+            self.mem.mr().rkey(),
+            self.mem.mr().addr()
+        );
+        std::io::stdout().flush().unwrap();
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[0], "ADDR", "bad bootstrap line {line:?}");
+        let remote = QpAddress {
+            gid: Gid::from_str(f[1]).unwrap(),
+            qpn: f[2].parse().unwrap(),
+        };
+        let attr = QpAttr {
+            access: Access::REMOTE_WRITE,
+            ..QpAttr::default()
+        };
+        self.qp.connect(remote, &attr).unwrap();
+        (f[3].parse().unwrap(), f[4].parse().unwrap())
+    }
+
+    /// Completions available now, or after waiting on the channel (arm, re-poll, sleep).
+    fn completions(&mut self) -> Vec<WorkCompletion> {
+        loop {
+            let n = self.cq.poll(&mut self.wcs).unwrap();
+            if n > 0 {
+                return self.wcs[..n].to_vec();
+            }
+            self.cq.req_notify(false).unwrap();
+            let n = self.cq.poll(&mut self.wcs).unwrap();
+            if n > 0 {
+                return self.wcs[..n].to_vec();
+            }
+            self.channel.wait(Duration::from_millis(50));
+            self.channel.get_events();
+        }
+    }
+}
+
+fn message(seq: u64) -> [u8; MSG] {
+    let mut m = [0u8; MSG];
+    m[..8].copy_from_slice(&seq.to_le_bytes());
+    for (j, b) in m[8..56].iter_mut().enumerate() {
+        *b = (seq as usize * 31 + j) as u8;
+    }
+    let sum = fnv(&m[..56]);
+    m[56..].copy_from_slice(&sum.to_le_bytes());
+    m
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn recv(wr_id: u64) -> RecvWr<'static> {
+    RecvWr { wr_id, sges: &[] }
+}
+
+/// Writes `n` checksummed messages into the peer's ring with WRITE_WITH_IMM, within the
+/// credit the reader grants.
+fn run_writer(n: u64) {
+    let mut node = Node::open();
+    let (rkey, raddr) = node.bootstrap();
+    node.qp
+        .post_recv(&(0..64).map(recv).collect::<Vec<_>>())
+        .unwrap();
+    let (mut sent, mut granted, mut acked) = (0u64, SLOTS as u64, 0u64);
+    while acked < n {
+        let mut batch = Vec::new();
+        let mut sges = Vec::new();
+        while sent < n && sent < granted && sent < acked + SLOTS as u64 - 64 && batch.len() < 32 {
+            let slot = (sent as usize) % SLOTS;
+            node.mem.write(slot * MSG, &message(sent));
+            sges.push([node.mem.sge(slot * MSG, MSG as u32)]);
+            batch.push(sent);
+            sent += 1;
+        }
+        if !batch.is_empty() {
+            let wrs: Vec<SendWr<'_>> = batch
+                .iter()
+                .zip(&sges)
+                .map(|(seq, sge)| SendWr {
+                    wr_id: *seq,
+                    opcode: Opcode::RdmaWriteWithImm,
+                    sges: sge,
+                    inline: None,
+                    imm: Some((*seq as u32).to_be()),
+                    signaled: seq % 64 == 63 || *seq == n - 1,
+                    solicited: false,
+                    remote: Some(RemoteAddr {
+                        addr: raddr + ((*seq as usize % SLOTS) * MSG) as u64,
+                        rkey,
+                    }),
+                })
+                .collect();
+            node.qp.post_send(&wrs).unwrap();
+            continue;
+        }
+        for wc in node.completions() {
+            assert_eq!(wc.status, WcStatus::Success, "{wc:?}");
+            match wc.opcode {
+                WcOpcode::RdmaWrite => acked = wc.wr_id + 1,
+                WcOpcode::Recv => {
+                    granted = granted.max(u32::from_be(wc.imm.unwrap()) as u64 + SLOTS as u64);
+                    node.qp.post_recv(&[recv(0)]).unwrap();
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let s = node.qp.address();
+    println!("DONE {sent} {}", s.qpn);
+}
+
+/// Receives `n` messages, checks order and checksums, re-posts receives and grants credit.
+fn run_reader(n: u64) {
+    let mut node = Node::open();
+    let _ = node.bootstrap();
+    node.qp
+        .post_recv(&(0..SLOTS as u64).map(recv).collect::<Vec<_>>())
+        .unwrap();
+    let mut expected = 0u64;
+    let mut buf = [0u8; MSG];
+    while expected < n {
+        let wcs = node.completions();
+        let mut repost = 0;
+        for wc in wcs {
+            assert_eq!(wc.status, WcStatus::Success, "{wc:?}");
+            if wc.opcode == WcOpcode::Send {
+                continue;
+            }
+            assert_eq!(wc.opcode, WcOpcode::RecvRdmaWithImm);
+            let seq = u32::from_be(wc.imm.unwrap()) as u64;
+            assert_eq!(seq, expected & 0xFFFF_FFFF, "out of order");
+            node.mem.read((expected as usize % SLOTS) * MSG, &mut buf);
+            assert_eq!(buf, message(expected), "message {expected} corrupted");
+            expected += 1;
+            repost += 1;
+            if expected.is_multiple_of(256) || expected == n {
+                let credit = SendWr {
+                    wr_id: expected,
+                    opcode: Opcode::SendWithImm,
+                    sges: &[],
+                    inline: None,
+                    imm: Some((expected as u32).to_be()),
+                    signaled: expected.is_multiple_of(4096),
+                    solicited: false,
+                    remote: None,
+                };
+                node.qp.post_send(&[credit]).unwrap();
+            }
+        }
+        if repost > 0 {
+            node.qp
+                .post_recv(&(0..repost).map(recv).collect::<Vec<_>>())
+                .unwrap();
+        }
+    }
+    println!("DONE {expected} ok");
+}
+
+/// Ping-pong of `n` SENDs; prints the median round trip.
+fn run_ping(n: u64, first: bool) {
+    let mut node = Node::open();
+    let _ = node.bootstrap();
+    node.qp
+        .post_recv(&(0..64).map(recv).collect::<Vec<_>>())
+        .unwrap();
+    let mut rtts = Vec::new();
+    for i in 0..n {
+        let started = Instant::now();
+        let ping = |node: &Node| {
+            let wr = SendWr {
+                wr_id: i,
+                opcode: Opcode::SendWithImm,
+                sges: &[],
+                inline: None,
+                imm: Some((i as u32).to_be()),
+                signaled: false,
+                solicited: true,
+                remote: None,
+            };
+            node.qp.post_send(&[wr]).unwrap();
+        };
+        if first {
+            ping(&node);
+        }
+        'wait: loop {
+            for wc in node.completions() {
+                assert_eq!(wc.status, WcStatus::Success);
+                if wc.opcode == WcOpcode::Recv {
+                    assert_eq!(u32::from_be(wc.imm.unwrap()), i as u32);
+                    node.qp.post_recv(&[recv(i)]).unwrap();
+                    break 'wait;
+                }
+            }
+        }
+        if !first {
+            ping(&node);
+        }
+        rtts.push(started.elapsed());
+    }
+    rtts.sort();
+    println!(
+        "DONE {n} median_rtt_us={:.1}",
+        rtts[rtts.len() / 2].as_secs_f64() * 1e6
+    );
+}
+
+#[test]
+fn child_process_entry() {
+    let Ok(role) = std::env::var("RDMA_SIM_TEST_ROLE") else {
+        return;
+    };
+    let n: u64 = std::env::var("RDMA_SIM_TEST_N").unwrap().parse().unwrap();
+    match role.as_str() {
+        "writer" => run_writer(n),
+        "reader" => run_reader(n),
+        "ping" => run_ping(n, true),
+        "pong" => run_ping(n, false),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+// ----- parent side -----------------------------------------------------------------------
+
+fn spawn(role: &str, n: u64) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_process_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RDMA_SIM_TEST_ROLE", role)
+        .env("RDMA_SIM_TEST_N", n.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (child, out)
+}
+
+fn line_starting(out: &mut BufReader<std::process::ChildStdout>, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "child exited before printing {prefix}"
+        );
+        // libtest prints "test name ... " without a newline before the child's output.
+        if let Some(at) = line.find(prefix) {
+            return line[at..].to_owned();
+        }
+    }
+}
+
+/// Runs two children, exchanges their bootstrap lines, and returns their DONE lines.
+fn run_pair(roles: (&str, &str), n: u64, limit: Duration) -> (String, String) {
+    let (mut a, mut a_out) = spawn(roles.0, n);
+    let (mut b, mut b_out) = spawn(roles.1, n);
+    let a_addr = line_starting(&mut a_out, "ADDR");
+    let b_addr = line_starting(&mut b_out, "ADDR");
+    a.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b_addr.as_bytes())
+        .unwrap();
+    b.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(a_addr.as_bytes())
+        .unwrap();
+    let started = Instant::now();
+    let done = std::thread::spawn(move || {
+        let lines = (
+            line_starting(&mut a_out, "DONE"),
+            line_starting(&mut b_out, "DONE"),
+        );
+        // Keep reading so the children can print their summaries and exit.
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut a_out, &mut rest);
+        let _ = std::io::Read::read_to_string(&mut b_out, &mut rest);
+        lines
+    });
+    while !done.is_finished() {
+        if started.elapsed() > limit {
+            let _ = a.kill();
+            let _ = b.kill();
+            panic!("cross-process run exceeded {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = done.join().unwrap();
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    lines
+}
+
+#[test]
+fn cross_process_ping_pong() {
+    let (ping, pong) = run_pair(("ping", "pong"), 2000, Duration::from_secs(60));
+    assert!(ping.starts_with("DONE 2000"), "{ping}");
+    assert!(pong.starts_with("DONE 2000"), "{pong}");
+    eprintln!("cross-process ping-pong (simulated NIC): {}", ping.trim());
+}
+
+#[test]
+fn cross_process_million_writes_with_imm_arrive_intact() {
+    let n = 1_000_000;
+    let started = Instant::now();
+    let (writer, reader) = run_pair(("writer", "reader"), n, Duration::from_secs(300));
+    assert!(writer.starts_with(&format!("DONE {n}")), "{writer}");
+    assert_eq!(reader.trim(), format!("DONE {n} ok"));
+    eprintln!(
+        "1,000,000 WRITE_WITH_IMM across processes in {:?} (simulated NIC)",
+        started.elapsed()
+    );
+}
