@@ -3,4 +3,5 @@
 //! [`Transport`](rdmq_transport::Transport).
 
 pub mod report;
+pub mod sim;
 pub mod transport;

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use rdmq_bench::report::{machine_line, summary};
+use rdmq_bench::sim;
 use rdmq_bench::transport::{dial, echo_server, pipelined, round_trips};
 use rdmq_transport::tcp::TcpTransport;
 use rdmq_transport::{Endpoint, Transport};
@@ -13,6 +14,8 @@ const USAGE: &str = "usage: rdmq-bench <command> [--iterations N]
 commands:
   transport   round-trip p50/p99 and pipelined messages/s of one connection, for 128 B, 1 KiB
               and 4 KiB bodies, over every transport this build has (TCP loopback baseline)
+  sim         rdma-sim alone: SEND ping-pong p50/p99 and one-way messages/s, in one process
+              and across two processes, with the simulated NIC's share of CPU time
 ";
 
 struct Args {
@@ -77,6 +80,36 @@ async fn transport_bench<T: Transport>(
     Ok(())
 }
 
+fn sim_line(mode: &str, size: usize, r: &sim::SimResult) {
+    let share = 100.0 * r.nic.as_secs_f64() / r.cpu.as_secs_f64().max(1e-9);
+    println!(
+        "{mode:<13} {size:>5} B  RTT {}  | one-way(128) {:>9.0} msg/s | NIC {:.0}% of {:.2} s process CPU  [simulated NIC]",
+        summary(&r.rtt),
+        r.rate,
+        share,
+        r.cpu.as_secs_f64(),
+    );
+}
+
+fn sim_bench(iterations: u64) -> Result<(), String> {
+    println!(
+        "# rdmq-bench sim: rdma-sim SEND_WITH_IMM ping-pong and one-way rate (simulated NIC: no wire timing model)"
+    );
+    println!("# {}", machine_line());
+    println!(
+        "# in-process: both QPs in one thread, busy polling; cross-process: a child echoes, both in event mode"
+    );
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    for size in [128usize, 1024, 4096] {
+        sim_line("in-process", size, &sim::in_process(size, iterations));
+    }
+    for size in [128usize, 1024, 4096] {
+        let r = sim::cross_process(&exe, size, iterations / 4).map_err(|e| e.to_string())?;
+        sim_line("cross-process", size, &r);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -107,6 +140,11 @@ fn main() -> ExitCode {
                     args.iterations,
                 )
                 .await
+            }
+            "sim" => sim_bench(args.iterations),
+            "sim-peer" => {
+                sim::peer_main();
+                Ok(())
             }
             other => Err(format!("unknown command `{other}`\n\n{USAGE}")),
         }

@@ -40,3 +40,22 @@ pub fn machine_line() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     format!("machine: {cpus} vCPUs ({model}), load average {load}")
 }
+
+/// CPU time used so far by this process (all threads), from `/proc/self/task/*/schedstat`
+/// (nanosecond resolution).
+pub fn process_cpu_time() -> std::time::Duration {
+    let mut total = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat"))
+                && let Some(ns) = s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+            {
+                total += ns;
+            }
+        }
+    }
+    std::time::Duration::from_nanos(total)
+}

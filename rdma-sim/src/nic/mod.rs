@@ -204,7 +204,7 @@ impl Fabric {
             let mut cell = self.lock();
             let now = self.now_ns();
             let r = f(&mut cell.0, now, &mut fx);
-            if self.mode == Mode::Inline && cell.0.next_deadline().is_some_and(|d| d <= now) {
+            if self.mode == Mode::Inline && cell.0.next_deadline_at(now).is_some_and(|d| d <= now) {
                 let started = Instant::now();
                 cell.0.run_due(now, &mut fx);
                 if inline_accounting {
@@ -251,7 +251,7 @@ impl Fabric {
 
     pub(crate) fn inject_remote(&self, pkt: packet::Packet) {
         // Runs on a wire thread, whose CPU time is accounted as a whole.
-        self.with_state_accounted(false, |st, now, fx| st.inject(pkt, now, fx));
+        self.with_state_accounted(false, |st, _, fx| st.inject(pkt, fx));
     }
 
     pub(crate) fn add_thread_cpu(&self, d: Duration) {
@@ -269,7 +269,8 @@ impl Fabric {
         let mut fx = Effects::default();
         let stepped = {
             let mut cell = self.lock();
-            match cell.0.step(&mut fx) {
+            let now = self.now_ns();
+            match cell.0.step(now, &mut fx) {
                 Some(at) => {
                     self.virtual_now.fetch_max(at, Relaxed);
                     true
@@ -299,7 +300,8 @@ impl Fabric {
         );
         let target = self.now_ns() + d.as_nanos() as u64;
         loop {
-            let due = self.lock().0.next_deadline().filter(|t| *t <= target);
+            let now = self.now_ns();
+            let due = self.lock().0.next_deadline_at(now).filter(|t| *t <= target);
             if due.is_none() || !self.step() {
                 break;
             }
@@ -309,7 +311,11 @@ impl Fabric {
 
     /// When the next event falls due, if any.
     pub fn next_event_at(&self) -> Option<Duration> {
-        self.lock().0.next_deadline().map(Duration::from_nanos)
+        let now = self.now_ns();
+        self.lock()
+            .0
+            .next_deadline_at(now)
+            .map(Duration::from_nanos)
     }
 
     /// Events waiting to be handled.
@@ -360,7 +366,7 @@ fn timer_thread(fabric: Weak<Fabric>) {
         {
             let mut cell = f.lock();
             let now = f.now_ns();
-            match cell.0.next_deadline() {
+            match cell.0.next_deadline_at(now) {
                 Some(d) if d <= now => {
                     cell.0.run_due(now, &mut fx);
                 }

@@ -4,7 +4,8 @@
 //! is driven by events; it performs no I/O and reads no clock.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use super::packet::{Body, NakKind, Packet, QpAddress};
@@ -18,6 +19,27 @@ use crate::wr::{
 use crate::{AsyncEvent, Gid, QpAttr, QpCaps, QpState};
 
 const PSN_MASK: u32 = 0x00FF_FFFF;
+
+/// Multiplicative hashing for the simulator's integer ids (QP numbers, keys): they are not
+/// attacker-controlled, and SipHash would dominate the per-message cost.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ *b as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (self.0.rotate_left(5) ^ v as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+}
+
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 fn psn_add(a: u32, n: u32) -> u32 {
     a.wrapping_add(n) & PSN_MASK
@@ -192,6 +214,8 @@ pub(crate) struct State {
     pub qps: HashMap<u32, QpEntry>,
     pub pds: HashMap<u32, usize>,
     events: BinaryHeap<Reverse<Timed>>,
+    /// Events due immediately (the common case: packets, kicks), in FIFO order.
+    immediate: VecDeque<Event>,
     seq: u64,
     pub rng: Rng,
     pub faults: Faults,
@@ -221,12 +245,13 @@ impl State {
     pub(crate) fn new(devices: Vec<DevState>, seed: u64) -> Self {
         Self {
             devices,
-            mrs: HashMap::new(),
-            rkeys: HashMap::new(),
-            cqs: HashMap::new(),
-            qps: HashMap::new(),
-            pds: HashMap::new(),
+            mrs: HashMap::default(),
+            rkeys: HashMap::default(),
+            cqs: HashMap::default(),
+            qps: HashMap::default(),
+            pds: HashMap::default(),
             events: BinaryHeap::new(),
+            immediate: VecDeque::new(),
             seq: 0,
             rng: Rng::new(seed),
             faults: Faults::default(),
@@ -263,6 +288,14 @@ impl State {
 
     // ----- scheduling ------------------------------------------------------------------------
 
+    /// Queues an event due at the current instant.
+    pub(crate) fn schedule_now(&mut self, ev: Event, fx: &mut Effects) {
+        if self.immediate.is_empty() {
+            fx.timer_changed = true;
+        }
+        self.immediate.push_back(ev);
+    }
+
     pub(crate) fn schedule(&mut self, at: u64, ev: Event, fx: &mut Effects) {
         if self.events.peek().is_none_or(|t| at < t.0.at) {
             fx.timer_changed = true;
@@ -275,29 +308,46 @@ impl State {
         }));
     }
 
-    pub(crate) fn next_deadline(&self) -> Option<u64> {
-        self.events.peek().map(|t| t.0.at)
+    /// When the next event is due; immediate events are due at `now`.
+    pub(crate) fn next_deadline_at(&self, now: u64) -> Option<u64> {
+        if self.immediate.is_empty() {
+            self.events.peek().map(|t| t.0.at)
+        } else {
+            Some(now)
+        }
     }
 
     pub(crate) fn pending_events(&self) -> usize {
-        self.events.len()
+        self.events.len() + self.immediate.len()
     }
 
-    /// Handles every event due at `now`; returns how many.
+    /// Handles every event due at `now` (overdue timers first, then immediate events, until
+    /// both are exhausted); returns how many.
     pub(crate) fn run_due(&mut self, now: u64, fx: &mut Effects) -> usize {
         let mut n = 0;
-        while self.events.peek().is_some_and(|t| t.0.at <= now) {
-            let Some(Reverse(t)) = self.events.pop() else {
+        loop {
+            if self.events.peek().is_some_and(|t| t.0.at <= now) {
+                let Some(Reverse(t)) = self.events.pop() else {
+                    break;
+                };
+                self.handle(t.ev, now, fx);
+            } else if let Some(ev) = self.immediate.pop_front() {
+                self.handle(ev, now, fx);
+            } else {
                 break;
-            };
-            self.handle(t.ev, now, fx);
+            }
             n += 1;
         }
         n
     }
 
-    /// Handles the earliest event whatever its time; returns its time.
-    pub(crate) fn step(&mut self, fx: &mut Effects) -> Option<u64> {
+    /// Handles one event: an immediate one at `now`, else the earliest timer whatever its
+    /// time. Returns the time it ran at.
+    pub(crate) fn step(&mut self, now: u64, fx: &mut Effects) -> Option<u64> {
+        if let Some(ev) = self.immediate.pop_front() {
+            self.handle(ev, now, fx);
+            return Some(now);
+        }
         let Reverse(t) = self.events.pop()?;
         self.handle(t.ev, t.at, fx);
         Some(t.at)
@@ -528,8 +578,9 @@ impl State {
         }
         if !qp.kick_scheduled {
             qp.kick_scheduled = true;
-            self.schedule(now, Event::Kick { qpn }, fx);
+            self.schedule_now(Event::Kick { qpn }, fx);
         }
+        let _ = now;
         Ok(())
     }
 
@@ -768,7 +819,7 @@ impl State {
 
     // ----- network ----------------------------------------------------------------------------
 
-    fn transmit(&mut self, pkt: Packet, now: u64, fx: &mut Effects) {
+    fn transmit(&mut self, pkt: Packet, _now: u64, fx: &mut Effects) {
         self.stats.packets += 1;
         self.stats.bytes += pkt.payload_len() as u64;
         let down = self.faults.links_down.contains(&pkt.src.gid)
@@ -778,15 +829,15 @@ impl State {
             return;
         }
         if self.local_dev(&pkt.dst.gid).is_some() {
-            self.schedule(now, Event::Deliver { pkt }, fx);
+            self.schedule_now(Event::Deliver { pkt }, fx);
         } else {
             fx.outbound.push(pkt);
         }
     }
 
     /// Injects a packet that arrived from another process.
-    pub(crate) fn inject(&mut self, pkt: Packet, now: u64, fx: &mut Effects) {
-        self.schedule(now, Event::Deliver { pkt }, fx);
+    pub(crate) fn inject(&mut self, pkt: Packet, fx: &mut Effects) {
+        self.schedule_now(Event::Deliver { pkt }, fx);
     }
 
     fn reply(
