@@ -1,12 +1,13 @@
 //! [`Verbs`] over rdma-sim: the binding used on machines without an RDMA device. Its only
 //! `unsafe` is handing an arena to the simulator's registration call.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use rdma_sim as sim;
 
 use super::memory::Arena;
+use super::sys::ChannelFd;
 use super::verbs::{
     Completion, CompletionKind, Payload, QpConfig, QpEndpoint, RecvRequest, Registration,
     RemoteAccess, SendOp, SendRequest, Verbs, VerbsError, VerbsQp, WcError,
@@ -20,6 +21,43 @@ fn map_err(e: sim::VerbsError) -> VerbsError {
         sim::VerbsError::CqOverflow => VerbsError::CqOverflow,
         sim::VerbsError::NoSuchDevice(d) => VerbsError::NoDevice(d),
         other => VerbsError::Other(other.to_string()),
+    }
+}
+
+/// Opens rdma-sim devices: of the process-wide fabric (reachable from other processes), or of
+/// a given fabric (isolated tests).
+#[derive(Debug, Clone, Default)]
+pub struct SimOpener {
+    fabric: Option<Arc<sim::Fabric>>,
+}
+
+impl SimOpener {
+    /// Devices of `fabric` instead of the process-wide one.
+    pub fn with_fabric(fabric: Arc<sim::Fabric>) -> Self {
+        Self {
+            fabric: Some(fabric),
+        }
+    }
+}
+
+impl super::transport::DeviceOpener for SimOpener {
+    type Verbs = SimVerbs;
+
+    fn scheme(&self) -> &'static str {
+        "rdma-sim"
+    }
+
+    fn open(&self, device: Option<&str>) -> Result<SimVerbs, VerbsError> {
+        let devices = match &self.fabric {
+            Some(f) => f.devices(),
+            None => sim::devices(),
+        };
+        let dev = match device {
+            None => devices.first(),
+            Some(n) => devices.iter().find(|d| d.name() == n),
+        }
+        .ok_or_else(|| VerbsError::NoDevice(device.unwrap_or("(any)").to_owned()))?;
+        SimVerbs::open(dev)
     }
 }
 
@@ -105,17 +143,17 @@ impl Verbs for SimVerbs {
 
     fn create_qp(&self, config: &QpConfig) -> Result<SimQp, VerbsError> {
         let channel = if config.event_channel {
-            Some(self.ctx.create_comp_channel().map_err(map_err)?)
+            Some(Arc::new(self.ctx.create_comp_channel().map_err(map_err)?))
         } else {
             None
         };
         let send_cq = self
             .ctx
-            .create_cq(config.cq_depth as usize, channel.as_ref())
+            .create_cq(config.cq_depth as usize, channel.as_deref())
             .map_err(map_err)?;
         let recv_cq = self
             .ctx
-            .create_cq(config.cq_depth as usize, channel.as_ref())
+            .create_cq(config.cq_depth as usize, channel.as_deref())
             .map_err(map_err)?;
         let qp = self
             .pd
@@ -163,7 +201,7 @@ pub struct SimQp {
     qp: sim::QueuePair,
     send_cq: sim::CompletionQueue,
     recv_cq: sim::CompletionQueue,
-    channel: Option<sim::CompletionChannel>,
+    channel: Option<Arc<sim::CompletionChannel>>,
     config: QpConfig,
     _pd: Arc<sim::ProtectionDomain>,
     wcs: Vec<sim::WorkCompletion>,
@@ -327,8 +365,10 @@ impl VerbsQp for SimQp {
             .map_err(map_err)
     }
 
-    fn event_fd(&self) -> Option<RawFd> {
-        self.channel.as_ref().map(|c| c.as_raw_fd())
+    fn channel(&self) -> Option<ChannelFd> {
+        self.channel
+            .as_ref()
+            .map(|c| ChannelFd::new(c.as_raw_fd(), c.clone()))
     }
 
     fn take_events(&mut self) -> u64 {

@@ -2,11 +2,11 @@
 //! libibverbs (through sideway) and by rdma-sim. Immediate data crosses this boundary in host
 //! byte order; bindings convert to and from the wire's big-endian `__be32`.
 
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::memory::Arena;
+use super::sys::ChannelFd;
 
 /// Why a verbs call failed (not a data-path completion error).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,7 +236,7 @@ impl Default for QpConfig {
 }
 
 /// An open device with one protection domain.
-pub trait Verbs: Send + Sync + 'static {
+pub trait Verbs: Send + Sync + std::fmt::Debug + 'static {
     /// Queue pairs of this device.
     type Qp: VerbsQp;
 
@@ -259,7 +259,7 @@ pub trait Verbs: Send + Sync + 'static {
 }
 
 /// One RC queue pair and its completion queues.
-pub trait VerbsQp: Send + 'static {
+pub trait VerbsQp: Send + std::fmt::Debug + 'static {
     /// What the peer needs to connect.
     fn endpoint(&self) -> QpEndpoint;
 
@@ -279,8 +279,9 @@ pub trait VerbsQp: Send + 'static {
     /// solicited (or failed) completions only if `recv_solicited_only`.
     fn arm(&mut self, recv_solicited_only: bool) -> Result<(), VerbsError>;
 
-    /// The completion channel's descriptor (readable after a notification), if any.
-    fn event_fd(&self) -> Option<RawFd>;
+    /// The completion channel's descriptor (readable after a notification), if any, with what
+    /// keeps it open.
+    fn channel(&self) -> Option<ChannelFd>;
 
     /// Consumes (and acknowledges) pending channel events; returns how many.
     fn take_events(&mut self) -> u64;

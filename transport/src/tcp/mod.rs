@@ -75,6 +75,17 @@ impl TcpTransport {
         stream: TcpStream,
         reason: impl Into<String>,
     ) -> Result<TcpLink, TransportError> {
+        self.link_from_stream_with_prefix(stream, bytes::Bytes::new(), reason)
+    }
+
+    /// Like [`TcpTransport::link_from_stream`], for a stream whose first bytes (`prefix`) were
+    /// already read (e.g. while sniffing for a handshake).
+    pub fn link_from_stream_with_prefix(
+        &self,
+        stream: TcpStream,
+        prefix: bytes::Bytes,
+        reason: impl Into<String>,
+    ) -> Result<TcpLink, TransportError> {
         stream.set_nodelay(true)?;
         let info = LinkInfo {
             transport: "tcp",
@@ -93,6 +104,7 @@ impl TcpTransport {
             stream,
             info,
             config: self.config.clone(),
+            prefix,
         })
     }
 }
@@ -103,6 +115,7 @@ pub struct TcpLink {
     stream: TcpStream,
     info: LinkInfo,
     config: Arc<TcpConfig>,
+    prefix: bytes::Bytes,
 }
 
 impl Link for TcpLink {
@@ -117,7 +130,13 @@ impl Link for TcpLink {
         let (r, w) = self.stream.into_split();
         let dead = Arc::new(crate::signal::DeadSignal::default());
         let tx = TcpTx::start(w, &self.config, self.info.counters.clone(), dead.clone());
-        let rx = TcpRx::new(r, &self.config, self.info.counters.clone(), dead);
+        let rx = TcpRx::new(
+            r,
+            &self.config,
+            self.info.counters.clone(),
+            dead,
+            &self.prefix,
+        );
         (tx, rx, self.info)
     }
 }

@@ -31,10 +31,13 @@ impl TcpRx {
         config: &TcpConfig,
         counters: Arc<LinkCounters>,
         dead: Arc<DeadSignal>,
+        prefix: &[u8],
     ) -> Self {
+        let mut buf = BytesMut::with_capacity(config.read_chunk.max(prefix.len()));
+        buf.extend_from_slice(prefix);
         Self {
             r,
-            buf: BytesMut::with_capacity(config.read_chunk),
+            buf,
             splitter: FrameSplitter::new(config.max_frame),
             read_chunk: config.read_chunk.max(4096),
             counters,

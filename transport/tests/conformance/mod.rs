@@ -242,7 +242,7 @@ pub async fn peer_death_fails_pending_calls_promptly<H: Harness>(h: H) {
         for _ in 0..50 {
             let _ = incoming.next().await;
         }
-        conn
+        (conn, incoming)
     });
     let client = connect(&h, &t, &ep).await;
     let mut calls = tokio::task::JoinSet::new();
@@ -254,10 +254,10 @@ pub async fn peer_death_fails_pending_calls_promptly<H: Harness>(h: H) {
                 .await
         });
     }
-    let server_conn = accept.await.unwrap();
+    let (server_conn, incoming) = accept.await.unwrap();
     let died = Instant::now();
     server_conn.abort();
-    drop(server_conn);
+    drop((server_conn, incoming));
     while let Some(r) = calls.join_next().await {
         let err = r.unwrap().unwrap_err();
         assert!(
