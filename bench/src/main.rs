@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use rdmq_bench::report::{machine_line, summary};
 use rdmq_bench::sim;
 use rdmq_bench::transport::{dial, echo_server, pipelined, round_trips};
+use rdmq_transport::rdma::sim::SimOpener;
+use rdmq_transport::rdma::{PollMode, RdmaConfig, RdmaTransport};
 use rdmq_transport::tcp::TcpTransport;
-use rdmq_transport::{Endpoint, Transport};
+use rdmq_transport::{Endpoint, Scheme, Transport};
 
-const USAGE: &str = "usage: rdmq-bench <command> [--iterations N]
+const USAGE: &str = "usage: rdmq-bench <command> [--iterations N] [--only tcp|rdma-sim]
 
 commands:
   transport   round-trip p50/p99 and pipelined messages/s of one connection, for 128 B, 1 KiB
@@ -21,14 +23,17 @@ commands:
 struct Args {
     command: String,
     iterations: u64,
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let command = args.next().ok_or_else(|| USAGE.to_owned())?;
     let mut iterations = 20_000;
+    let mut only = None;
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--only" => only = Some(args.next().ok_or("--only needs a transport name")?),
             "--iterations" | "-n" => {
                 iterations = args
                     .next()
@@ -42,8 +47,12 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         command,
         iterations,
+        only,
     })
 }
+
+/// p50, p99 (ns) and pipelined rate per body size.
+type SizeResults = Vec<(usize, u64, u64, f64)>;
 
 async fn transport_bench<T: Transport>(
     name: &str,
@@ -51,7 +60,8 @@ async fn transport_bench<T: Transport>(
     transport: T,
     endpoint: Endpoint,
     iterations: u64,
-) -> Result<(), String> {
+) -> Result<SizeResults, String> {
+    let mut results = Vec::new();
     let server = echo_server(&transport, &endpoint)
         .await
         .map_err(|e| e.to_string())?;
@@ -66,6 +76,12 @@ async fn transport_bench<T: Transport>(
             .await
             .map_err(|e| e.to_string())?;
         let c = rtt.counters;
+        results.push((
+            size,
+            rtt.histogram.value_at_quantile(0.5),
+            rtt.histogram.value_at_quantile(0.99),
+            rate,
+        ));
         println!(
             "{name:<9} {size:>5} B  RTT {}  | pipelined(64) {:>9.0} msg/s | per call: {:.2} send calls, {:.2} recv calls, {:.2} payload copies  [{label}]",
             summary(&rtt.histogram),
@@ -75,9 +91,16 @@ async fn transport_bench<T: Transport>(
             c.payload_copies as f64 / rtt.iterations as f64,
         );
     }
+    if conn.info().transport != name {
+        return Err(format!(
+            "{name} benchmark ran over {} ({})",
+            conn.info().transport,
+            conn.info().reason
+        ));
+    }
     conn.close(std::time::Duration::from_secs(1)).await;
     server.shutdown(std::time::Duration::from_secs(1)).await;
-    Ok(())
+    Ok(results)
 }
 
 fn sim_line(mode: &str, size: usize, r: &sim::SimResult) {
@@ -132,14 +155,60 @@ fn main() -> ExitCode {
                     args.iterations,
                     args.iterations / 10
                 );
-                transport_bench(
+                let run = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
+                let tcp = if !run("tcp") { Vec::new() } else { transport_bench(
                     "tcp",
                     "TCP loopback baseline, measured",
                     TcpTransport::default(),
                     Endpoint::tcp("127.0.0.1", 0),
                     args.iterations,
                 )
-                .await
+                .await? };
+                if !run("rdma-sim") {
+                    return Ok(());
+                }
+                let sim_transport = RdmaTransport::new(
+                    SimOpener::default(),
+                    TcpTransport::default(),
+                    RdmaConfig {
+                        mode: PollMode::BusyPoll {
+                            spin: std::time::Duration::from_millis(5),
+                        },
+                        fallback_to_tcp: false,
+                        ..RdmaConfig::default()
+                    },
+                );
+                let fabric = rdma_sim::Fabric::global();
+                let nic0 = fabric.stats().total();
+                let cpu0 = rdmq_bench::report::process_cpu_time();
+                let sim = transport_bench(
+                    "rdma-sim",
+                    "simulated NIC, busy-poll",
+                    sim_transport,
+                    Endpoint {
+                        scheme: Scheme::RdmaSim,
+                        ..Endpoint::tcp("127.0.0.1", 0)
+                    },
+                    args.iterations,
+                )
+                .await?;
+                let nic = fabric.stats().total() - nic0;
+                let cpu = rdmq_bench::report::process_cpu_time() - cpu0;
+                println!(
+                    "# rdma-sim run: simulated NIC work {:.3} s of {:.3} s process CPU ({:.0}%)",
+                    nic.as_secs_f64(),
+                    cpu.as_secs_f64(),
+                    100.0 * nic.as_secs_f64() / cpu.as_secs_f64().max(1e-9)
+                );
+                for ((size, tp50, tp99, trate), (_, sp50, sp99, srate)) in tcp.iter().zip(&sim) {
+                    println!(
+                        "ratio rdma-sim/tcp {size:>5} B: p50 {:.2}x  p99 {:.2}x  pipelined throughput {:.2}x  (goals: p50 <= 0.5x, throughput >= 4x)",
+                        *sp50 as f64 / *tp50 as f64,
+                        *sp99 as f64 / *tp99 as f64,
+                        srate / trate
+                    );
+                }
+                Ok(())
             }
             "sim" => sim_bench(args.iterations),
             "sim-peer" => {

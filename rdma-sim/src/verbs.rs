@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::error::VerbsError;
@@ -184,6 +185,7 @@ impl Context {
                 DEVICE_ATTR.max_cqe
             )));
         }
+        let ready = Arc::new(AtomicUsize::new(0));
         let id = {
             let mut cell = self.fabric.lock();
             let id = cell.0.fresh_id();
@@ -197,6 +199,7 @@ impl Context {
                     channel: channel.map(|c| c.efd.clone()),
                     overflowed: false,
                     deliver_after: 0,
+                    ready: ready.clone(),
                 },
             );
             id
@@ -205,6 +208,7 @@ impl Context {
             fabric: self.fabric.clone(),
             dev: self.dev,
             id,
+            ready,
         })
     }
 
@@ -440,6 +444,7 @@ pub struct CompletionQueue {
     fabric: Arc<Fabric>,
     dev: usize,
     id: u32,
+    ready: Arc<AtomicUsize>,
 }
 
 impl Drop for CompletionQueue {
@@ -452,7 +457,21 @@ impl CompletionQueue {
     /// Moves up to `out.len()` completions into `out` (`ibv_poll_cq`). Fails with
     /// [`VerbsError::CqOverflow`] once the CQ has overflowed and is drained.
     pub fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize, VerbsError> {
+        // An empty queue is answered without the fabric lock.
+        if self.ready.load(Ordering::Acquire) == 0 {
+            return Ok(0);
+        }
         self.fabric.with_state(|st, _, _| st.poll_cq(self.id, out))
+    }
+
+    /// Completions ready to poll (a lock-free hint; may be momentarily stale).
+    pub fn ready_hint(&self) -> usize {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The counter behind [`CompletionQueue::ready_hint`], for pollers on other threads.
+    pub fn ready_counter(&self) -> Arc<AtomicUsize> {
+        self.ready.clone()
     }
 
     /// Arms one notification (`ibv_req_notify_cq`): the next completion (or, with

@@ -7,13 +7,34 @@ use crate::codec::FrameWrite;
 use crate::endpoint::{Endpoint, Scheme};
 use crate::error::TransportError;
 use crate::link::{FrameBuf, Link, LinkInfo, LinkRx, LinkTx, Listener, Transport};
+use crate::rdma::sim::{SimOpener, SimQp};
+use crate::rdma::transport::{RdmaLinkBuf, RdmaLinkRx, RdmaLinkTx};
+use crate::rdma::{RdmaConfig, RdmaLink, RdmaListener, RdmaTransport};
 use crate::tcp::{TcpBuf, TcpLink, TcpListener, TcpRx, TcpTransport, TcpTx};
 
 /// Dispatches on the endpoint's scheme.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AnyTransport {
     /// The TCP backend (also the bootstrap and fallback of the RDMA backends).
     pub tcp: TcpTransport,
+    /// RDMA over the rdma-sim simulated NIC (`rdma-sim://`).
+    pub sim: RdmaTransport<SimOpener>,
+}
+
+impl Default for AnyTransport {
+    fn default() -> Self {
+        Self::new(TcpTransport::default(), RdmaConfig::default())
+    }
+}
+
+impl AnyTransport {
+    /// Every backend, with the given TCP and RDMA settings.
+    pub fn new(tcp: TcpTransport, rdma: RdmaConfig) -> Self {
+        Self {
+            sim: RdmaTransport::new(SimOpener::default(), tcp.clone(), rdma),
+            tcp,
+        }
+    }
 }
 
 impl AnyTransport {
@@ -30,6 +51,8 @@ impl AnyTransport {
 pub enum AnyLink {
     /// TCP.
     Tcp(TcpLink),
+    /// rdma-sim (or TCP after a fallback).
+    Sim(RdmaLink<SimQp>),
 }
 
 /// Sending half of [`AnyLink`].
@@ -37,6 +60,8 @@ pub enum AnyLink {
 pub enum AnyTx {
     /// TCP.
     Tcp(TcpTx),
+    /// rdma-sim.
+    Sim(RdmaLinkTx<SimQp>),
 }
 
 /// Receiving half of [`AnyLink`].
@@ -44,6 +69,8 @@ pub enum AnyTx {
 pub enum AnyRx {
     /// TCP.
     Tcp(TcpRx),
+    /// rdma-sim.
+    Sim(RdmaLinkRx<SimQp>),
 }
 
 /// Send buffer of [`AnyLink`].
@@ -51,6 +78,8 @@ pub enum AnyRx {
 pub enum AnyBuf {
     /// TCP.
     Tcp(TcpBuf),
+    /// rdma-sim.
+    Sim(RdmaLinkBuf),
 }
 
 /// Listener of [`AnyTransport`].
@@ -58,17 +87,21 @@ pub enum AnyBuf {
 pub enum AnyListener {
     /// TCP.
     Tcp(TcpListener),
+    /// rdma-sim.
+    Sim(RdmaListener<SimQp>),
 }
 
 impl FrameWrite for AnyBuf {
     fn put_slice(&mut self, src: &[u8]) {
         match self {
             AnyBuf::Tcp(b) => b.put_slice(src),
+            AnyBuf::Sim(b) => b.put_slice(src),
         }
     }
     fn put_bytes(&mut self, src: Bytes) {
         match self {
             AnyBuf::Tcp(b) => b.put_bytes(src),
+            AnyBuf::Sim(b) => b.put_bytes(src),
         }
     }
 }
@@ -81,24 +114,29 @@ impl LinkTx for AnyTx {
     async fn reserve(&self, frame_len: usize) -> Result<AnyBuf, TransportError> {
         match self {
             AnyTx::Tcp(t) => t.reserve(frame_len).await.map(AnyBuf::Tcp),
+            AnyTx::Sim(t) => t.reserve(frame_len).await.map(AnyBuf::Sim),
         }
     }
 
     fn send(&self, buf: AnyBuf) -> Result<(), TransportError> {
         match (self, buf) {
             (AnyTx::Tcp(t), AnyBuf::Tcp(b)) => t.send(b),
+            (AnyTx::Sim(t), AnyBuf::Sim(b)) => t.send(b),
+            _ => Err(TransportError::Closed),
         }
     }
 
     async fn close(&self) {
         match self {
             AnyTx::Tcp(t) => t.close().await,
+            AnyTx::Sim(t) => t.close().await,
         }
     }
 
     fn abort(&self, reason: TransportError) {
         match self {
             AnyTx::Tcp(t) => t.abort(reason),
+            AnyTx::Sim(t) => t.abort(reason),
         }
     }
 }
@@ -107,6 +145,7 @@ impl LinkRx for AnyRx {
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         match self {
             AnyRx::Tcp(r) => r.recv().await,
+            AnyRx::Sim(r) => r.recv().await,
         }
     }
 }
@@ -118,6 +157,7 @@ impl Link for AnyLink {
     fn info(&self) -> &LinkInfo {
         match self {
             AnyLink::Tcp(l) => l.info(),
+            AnyLink::Sim(l) => l.info(),
         }
     }
 
@@ -126,6 +166,10 @@ impl Link for AnyLink {
             AnyLink::Tcp(l) => {
                 let (t, r, i) = l.split();
                 (AnyTx::Tcp(t), AnyRx::Tcp(r), i)
+            }
+            AnyLink::Sim(l) => {
+                let (t, r, i) = l.split();
+                (AnyTx::Sim(t), AnyRx::Sim(r), i)
             }
         }
     }
@@ -137,12 +181,14 @@ impl Listener for AnyListener {
     async fn accept(&mut self) -> Result<AnyLink, TransportError> {
         match self {
             AnyListener::Tcp(l) => l.accept().await.map(AnyLink::Tcp),
+            AnyListener::Sim(l) => l.accept().await.map(AnyLink::Sim),
         }
     }
 
     fn local_endpoint(&self) -> Endpoint {
         match self {
             AnyListener::Tcp(l) => l.local_endpoint(),
+            AnyListener::Sim(l) => l.local_endpoint(),
         }
     }
 }
@@ -154,6 +200,7 @@ impl Transport for AnyTransport {
     async fn connect(&self, endpoint: &Endpoint) -> Result<AnyLink, TransportError> {
         match endpoint.scheme {
             Scheme::Tcp => self.tcp.connect(endpoint).await.map(AnyLink::Tcp),
+            Scheme::RdmaSim => self.sim.connect(endpoint).await.map(AnyLink::Sim),
             other => Err(Self::unsupported(other)),
         }
     }
@@ -161,6 +208,7 @@ impl Transport for AnyTransport {
     async fn bind(&self, endpoint: &Endpoint) -> Result<AnyListener, TransportError> {
         match endpoint.scheme {
             Scheme::Tcp => self.tcp.bind(endpoint).await.map(AnyListener::Tcp),
+            Scheme::RdmaSim => self.sim.bind(endpoint).await.map(AnyListener::Sim),
             other => Err(Self::unsupported(other)),
         }
     }

@@ -84,6 +84,9 @@ pub(crate) struct CqState {
     pub overflowed: bool,
     /// Delayed completions never overtake each other.
     pub deliver_after: u64,
+    /// Completions ready to poll (or 1 after an overflow), readable without the fabric lock so
+    /// that polling an empty queue costs what it costs on hardware: one memory read.
+    pub ready: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug, Clone)]
@@ -288,11 +291,9 @@ impl State {
 
     // ----- scheduling ------------------------------------------------------------------------
 
-    /// Queues an event due at the current instant.
-    pub(crate) fn schedule_now(&mut self, ev: Event, fx: &mut Effects) {
-        if self.immediate.is_empty() {
-            fx.timer_changed = true;
-        }
+    /// Queues an event due at the current instant. Whoever queues it runs it before releasing
+    /// the fabric (inline mode) or steps to it (deterministic mode): no timer wake-up needed.
+    pub(crate) fn schedule_now(&mut self, ev: Event, _fx: &mut Effects) {
         self.immediate.push_back(ev);
     }
 
@@ -627,6 +628,10 @@ impl State {
         for (slot, wc) in out.iter_mut().zip(cq.entries.drain(..n)) {
             *slot = wc;
         }
+        cq.ready.store(
+            cq.entries.len() + cq.overflowed as usize,
+            std::sync::atomic::Ordering::Release,
+        );
         if n == 0 && cq.overflowed {
             return Err(VerbsError::CqOverflow);
         }
@@ -669,6 +674,7 @@ impl State {
         }
         if cq.entries.len() >= cq.cap {
             cq.overflowed = true;
+            cq.ready.fetch_add(1, std::sync::atomic::Ordering::Release);
             let dev = cq.dev;
             if let Some(ch) = &cq.channel {
                 fx.notify.push(ch.clone());
@@ -688,6 +694,7 @@ impl State {
             return;
         }
         cq.entries.push_back(wc);
+        cq.ready.fetch_add(1, std::sync::atomic::Ordering::Release);
         if let Some(solicited_only) = cq.armed
             && (!solicited_only || wc.solicited || wc.status != WcStatus::Success)
         {

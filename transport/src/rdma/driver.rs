@@ -96,6 +96,10 @@ struct Shared<Q: VerbsQp> {
     counters: Arc<LinkCounters>,
     epoch: Instant,
     mode: PollMode,
+    /// Next core timer (ns since `epoch`; `u64::MAX` if none), for the lock-free idle check.
+    next_timer: std::sync::atomic::AtomicU64,
+    /// The QP can be polled without the inner lock's help: completions are hinted here.
+    may_complete: Arc<dyn Fn() -> bool + Send + Sync>,
     _registration: Registration,
 }
 
@@ -128,6 +132,7 @@ impl<Q: VerbsQp> Inner<Q> {
             self.core.release_recv(idx);
             progress = true;
         }
+        let mut polled = 0;
         loop {
             self.wcs.clear();
             match self.qp.poll(&mut self.wcs, 32) {
@@ -135,7 +140,7 @@ impl<Q: VerbsQp> Inner<Q> {
                     for c in &self.wcs {
                         self.core.handle_completion(c, now);
                     }
-                    progress |= n > 0;
+                    polled += n;
                     if n < 32 {
                         break;
                     }
@@ -151,7 +156,13 @@ impl<Q: VerbsQp> Inner<Q> {
                 }
             }
         }
-        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+        progress |= polled > 0;
+        let timer_due = self.core.poll_timeout().is_some_and(|t| t <= now);
+        if !progress && !timer_due && !self.core.has_work() && self.pending_chunks.is_empty() {
+            // Idle: nothing arrived, nothing is due (the common case of a spinning poller).
+            return false;
+        }
+        if timer_due {
             self.core.handle_timeout(now);
         }
         while let Some(event) = self.core.poll_event() {
@@ -166,6 +177,10 @@ impl<Q: VerbsQp> Inner<Q> {
             self.on_event(event, sh);
         }
         self.update_gauge(sh);
+        sh.next_timer.store(
+            self.core.poll_timeout().unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         progress
     }
 
@@ -376,6 +391,7 @@ impl<Q: VerbsQp> RdmaConn<Q> {
     /// Wraps resources whose QP is connected and whose receives may be posted now.
     pub(crate) fn new(parts: LinkParts<Q>, counters: Arc<LinkCounters>) -> Self {
         let channel = parts.qp.channel();
+        let may_complete = parts.qp.completion_hint();
         let slots = parts.send.count();
         let slot_size = parts.send.slot_size();
         let mut inner = Inner {
@@ -416,6 +432,8 @@ impl<Q: VerbsQp> RdmaConn<Q> {
             counters,
             epoch: Instant::now(),
             mode: parts.mode,
+            next_timer: std::sync::atomic::AtomicU64::new(0),
+            may_complete,
             _registration: parts.registration,
             inner: Mutex::new(inner),
         });
@@ -473,9 +491,31 @@ impl<Q: VerbsQp> RdmaConn<Q> {
     }
 }
 
+/// Spin iterations between clock reads in busy-poll mode.
+const SPINS_PER_CLOCK_READ: u32 = 64;
+
 async fn run_driver<Q: VerbsQp>(sh: Arc<Shared<Q>>, channel: Option<AsyncFd<ChannelFd>>) {
     let mut last_progress = Instant::now();
+    let mut spins = 0u32;
     loop {
+        // Busy-poll fast path: while nothing is hinted (no completion, no returned slot, no timer
+        // due), spinning costs a few atomic loads, not the lock and a full round.
+        if let PollMode::BusyPoll { spin } = sh.mode {
+            spins += 1;
+            let hinted = (sh.may_complete)() || sh.recv_region.has_returned();
+            if !hinted && spins % SPINS_PER_CLOCK_READ != 0 {
+                SpinOnce(false).await;
+                continue;
+            }
+            if !hinted {
+                let now = sh.now();
+                let timer_due = sh.next_timer.load(std::sync::atomic::Ordering::Relaxed) <= now;
+                if !timer_due && last_progress.elapsed() < spin {
+                    SpinOnce(false).await;
+                    continue;
+                }
+            }
+        }
         let (progress, deadline, finished) = {
             let mut inner = sh.lock();
             let p = inner.drive(&sh);
@@ -493,9 +533,10 @@ async fn run_driver<Q: VerbsQp>(sh: Arc<Shared<Q>>, channel: Option<AsyncFd<Chan
         if let PollMode::BusyPoll { spin } = sh.mode
             && last_progress.elapsed() < spin
         {
-            tokio::task::yield_now().await;
+            SpinOnce(false).await;
             continue;
         }
+        spins = 0;
         // Park: arm, then poll once more (a completion may have landed before the arm).
         let wake = sh.wake_driver.notified();
         let returned = sh.recv_region.returned_notify.notified();
@@ -541,6 +582,27 @@ async fn run_driver<Q: VerbsQp>(sh: Arc<Shared<Q>>, channel: Option<AsyncFd<Chan
             _ = &mut returned => {}
             _ = sleep => {}
             _ = sh.dead.wait() => {}
+        }
+    }
+}
+
+/// Gives other tasks a turn without a trip through the I/O driver: the task wakes itself and
+/// goes to the back of the run queue (`tokio::task::yield_now` instead defers the task until
+/// the reactor has been polled, which costs an `epoll_wait` per spin).
+struct SpinOnce(bool);
+
+impl std::future::Future for SpinOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            std::task::Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
         }
     }
 }

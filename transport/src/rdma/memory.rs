@@ -146,6 +146,7 @@ pub struct SlotRegion {
     slot_size: usize,
     out: Box<[AtomicBool]>,
     returned: Mutex<Vec<u32>>,
+    returned_count: std::sync::atomic::AtomicUsize,
     /// Woken when a view is dropped, so an idle driver re-posts the slot (and returns credit).
     pub(crate) returned_notify: tokio::sync::Notify,
 }
@@ -160,6 +161,7 @@ impl SlotRegion {
             slot_size,
             out: (0..count).map(|_| AtomicBool::new(false)).collect(),
             returned: Mutex::new(Vec::new()),
+            returned_count: std::sync::atomic::AtomicUsize::new(0),
             returned_notify: tokio::sync::Notify::new(),
         })
     }
@@ -198,15 +200,19 @@ impl SlotRegion {
         }
     }
 
-    /// Slots whose received-frame views were dropped since the last call (to re-post).
-    pub fn take_returned(&self, into: &mut Vec<u32>) {
-        let mut r = self.returned.lock().unwrap_or_else(|p| p.into_inner());
-        into.append(&mut r);
+    /// True if views were dropped since the last [`SlotRegion::take_returned`].
+    pub fn has_returned(&self) -> bool {
+        self.returned_count.load(Ordering::Acquire) > 0
     }
 
-    /// Number of slots whose views were dropped and not yet taken.
-    pub fn returned_len(&self) -> usize {
-        self.returned.lock().map(|r| r.len()).unwrap_or(0)
+    /// Slots whose received-frame views were dropped since the last call (to re-post).
+    pub fn take_returned(&self, into: &mut Vec<u32>) {
+        if self.returned_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut r = self.returned.lock().unwrap_or_else(|p| p.into_inner());
+        self.returned_count.store(0, Ordering::Release);
+        into.append(&mut r);
     }
 }
 
@@ -304,6 +310,7 @@ impl Drop for ReceivedView {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(idx);
+        region.returned_count.fetch_add(1, Ordering::Release);
         region.returned_notify.notify_one();
     }
 }

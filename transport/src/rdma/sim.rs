@@ -358,6 +358,19 @@ impl VerbsQp for SimQp {
         Ok(total)
     }
 
+    fn may_have_completions(&self) -> bool {
+        self.recv_cq.ready_hint() + self.send_cq.ready_hint() > 0
+    }
+
+    fn completion_hint(&self) -> Arc<dyn Fn() -> bool + Send + Sync> {
+        let (r, s) = (self.recv_cq.ready_counter(), self.send_cq.ready_counter());
+        Arc::new(move || {
+            r.load(std::sync::atomic::Ordering::Acquire)
+                + s.load(std::sync::atomic::Ordering::Acquire)
+                > 0
+        })
+    }
+
     fn arm(&mut self, recv_solicited_only: bool) -> Result<(), VerbsError> {
         self.send_cq.req_notify(false).map_err(map_err)?;
         self.recv_cq

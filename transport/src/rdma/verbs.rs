@@ -275,6 +275,18 @@ pub trait VerbsQp: Send + std::fmt::Debug + 'static {
     /// Moves up to `max` completions (receive CQ first, then send CQ) into `out`.
     fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, VerbsError>;
 
+    /// A cheap hint that [`VerbsQp::poll`] may return something. Bindings where polling an
+    /// empty queue is already one memory read keep the default (`true`).
+    fn may_have_completions(&self) -> bool {
+        true
+    }
+
+    /// A thread-safe version of [`VerbsQp::may_have_completions`] for pollers that do not hold
+    /// the QP.
+    fn completion_hint(&self) -> Arc<dyn Fn() -> bool + Send + Sync> {
+        Arc::new(|| true)
+    }
+
     /// Arms one notification on each CQ: the send CQ for any completion, the receive CQ for
     /// solicited (or failed) completions only if `recv_solicited_only`.
     fn arm(&mut self, recv_solicited_only: bool) -> Result<(), VerbsError>;

@@ -371,6 +371,17 @@ impl Core {
         self.queue.len()
     }
 
+    /// True if [`Core::poll_recv_posts`] or [`Core::poll_transmit`] may produce work, or events
+    /// wait: a driver with no completions and nothing due can skip its round.
+    pub fn has_work(&self) -> bool {
+        !self.to_post.is_empty()
+            || !self.events.is_empty()
+            || self.ack_needed
+            || self.keepalive_due
+            || (!self.queue.is_empty() && !self.is_finished())
+            || (self.state == State::Closing && self.goodbye_seq.is_none())
+    }
+
     // ----- application side -----------------------------------------------------------------
 
     /// Takes a free send slot to encode a frame into.
