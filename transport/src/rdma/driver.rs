@@ -503,7 +503,7 @@ async fn run_driver<Q: VerbsQp>(sh: Arc<Shared<Q>>, channel: Option<AsyncFd<Chan
         if let PollMode::BusyPoll { spin } = sh.mode {
             spins += 1;
             let hinted = (sh.may_complete)() || sh.recv_region.has_returned();
-            if !hinted && spins % SPINS_PER_CLOCK_READ != 0 {
+            if !hinted && !spins.is_multiple_of(SPINS_PER_CLOCK_READ) {
                 SpinOnce(false).await;
                 continue;
             }
