@@ -209,3 +209,26 @@ fn decoded_body_borrows_the_read_buffer() {
         "body was copied"
     );
 }
+
+#[test]
+fn json_escapes_surrogates_and_unknown_nested_values() {
+    let header = br#"{"unknown":{"a":[1,2.5e3,{"b":null}],"c":"x\"y"},"code":1,"remark":"tab\tnew\nq\"\u00e9\ud83d\ude00\/","extFields":{"k\u0041":"v\\"},"flag":0}"#;
+    let cmd = RemotingCommand::decode_frame(Bytes::from(frame(0, header, b""))).unwrap();
+    assert_eq!(cmd.remark.as_deref(), Some("tab\tnew\nq\"é😀/"));
+    assert_eq!(cmd.field("kA"), Some("v\\"));
+    for bad in [
+        &br#"{"code":1,"remark":"\ud83d"}"#[..],
+        br#"{"code":1,"remark":"\x"}"#,
+        br#"{"code":1,"extFields":{"a":[1]}}"#,
+        br#"{"code":1.5}"#,
+        br#"{"code":1} x"#,
+        b"{\"code\":1,\"remark\":\"a\x01b\"}",
+    ] {
+        let r = RemotingCommand::decode_frame(Bytes::from(frame(0, bad, b"")));
+        assert!(
+            matches!(r, Err(DecodeError::InvalidJson(_))),
+            "{:?} -> {r:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}

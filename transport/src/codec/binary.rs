@@ -63,11 +63,9 @@ impl<'a> Reader<'a> {
         let b = self.take(4, what)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn string(&mut self, n: usize, what: &'static str) -> Result<String, DecodeError> {
+    fn str(&mut self, n: usize, what: &'static str) -> Result<&'a str, DecodeError> {
         let b = self.take(n, what)?;
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::InvalidUtf8(what))
+        std::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8(what))
     }
 }
 
@@ -83,7 +81,7 @@ pub(crate) fn decode(header: &[u8]) -> Result<RemotingCommand, DecodeError> {
     let remark = if remark_len == 0 {
         None
     } else {
-        Some(r.string(remark_len, "remark")?)
+        Some(r.str(remark_len, "remark")?.to_owned())
     };
     let ext_len = r.u32("extFields length")? as usize;
     let ext_fields = if ext_len == 0 {
@@ -95,9 +93,9 @@ pub(crate) fn decode(header: &[u8]) -> Result<RemotingCommand, DecodeError> {
         let mut fields = ExtFields::new();
         while !fr.buf.is_empty() {
             let klen = fr.u16("extFields key length")? as usize;
-            let key = fr.string(klen, "extFields key")?;
+            let key = fr.str(klen, "extFields key")?;
             let vlen = fr.u32("extFields value length")? as usize;
-            let value = fr.string(vlen, "extFields value")?;
+            let value = fr.str(vlen, "extFields value")?;
             fields.insert(key, value);
         }
         Some(fields)

@@ -114,57 +114,148 @@ impl LanguageCode {
 
 /// The per-command "custom header" fields, flattened to string pairs, in insertion order.
 ///
-/// Headers carry a dozen or so fields, so a vector with linear lookup beats a hash map.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExtFields(Vec<(String, String)>);
+/// Headers carry a dozen or so fields: all keys and values live in one string buffer with
+/// index ranges beside it (two allocations per header, not two per field), and lookups are
+/// linear scans.
+#[derive(Clone, Default)]
+pub struct ExtFields {
+    buf: String,
+    /// (key start, key end, value start, value end) in `buf`.
+    spans: Vec<(u32, u32, u32, u32)>,
+}
 
 impl ExtFields {
     /// An empty map.
     pub fn new() -> Self {
-        Self(Vec::new())
+        Self::default()
+    }
+
+    /// An empty map with room for `bytes` of keys and values and `fields` pairs.
+    pub fn with_capacity(bytes: usize, fields: usize) -> Self {
+        Self {
+            buf: String::with_capacity(bytes),
+            spans: Vec::with_capacity(fields),
+        }
+    }
+
+    fn key_bytes(&self, span: &(u32, u32, u32, u32)) -> &[u8] {
+        &self.buf.as_bytes()[span.0 as usize..span.1 as usize]
+    }
+
+    fn key(&self, span: &(u32, u32, u32, u32)) -> &str {
+        &self.buf[span.0 as usize..span.1 as usize]
+    }
+
+    fn value(&self, span: &(u32, u32, u32, u32)) -> &str {
+        &self.buf[span.2 as usize..span.3 as usize]
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.spans
+            .iter()
+            .position(|s| self.key_bytes(s) == key.as_bytes())
     }
 
     /// Sets `key` to `value`, replacing an earlier value.
-    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        let key = key.into();
-        let value = value.into();
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((key, value)),
+    pub fn insert(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let vs = self.buf.len() as u32;
+        match self.position(key) {
+            Some(i) => {
+                self.buf.push_str(value);
+                let ve = self.buf.len() as u32;
+                self.spans[i].2 = vs;
+                self.spans[i].3 = ve;
+            }
+            None => {
+                self.buf.push_str(key);
+                let ke = self.buf.len() as u32;
+                self.buf.push_str(value);
+                let ve = self.buf.len() as u32;
+                self.spans.push((vs, ke, ke, ve));
+            }
         }
+    }
+
+    /// Decoder support: the buffer to append a key and then its value to.
+    pub(crate) fn buf_mut(&mut self) -> &mut String {
+        &mut self.buf
+    }
+
+    /// Decoder support: the key starts at `start` and is `key_len` bytes; the value is
+    /// everything after it. A repeated key takes the new value.
+    pub(crate) fn commit(&mut self, start: usize, key_len: usize) {
+        let (ks, ke, ve) = (
+            start as u32,
+            (start + key_len) as u32,
+            self.buf.len() as u32,
+        );
+        let bytes = self.buf.as_bytes();
+        let key = &bytes[start..start + key_len];
+        match self
+            .spans
+            .iter()
+            .position(|s| &bytes[s.0 as usize..s.1 as usize] == key)
+        {
+            Some(i) => {
+                self.spans[i].2 = ke;
+                self.spans[i].3 = ve;
+            }
+            None => self.spans.push((ks, ke, ke, ve)),
+        }
+    }
+
+    /// Decoder support: drops what was appended since `start`.
+    pub(crate) fn rollback(&mut self, start: usize) {
+        self.buf.truncate(start);
     }
 
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
+        self.spans
             .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .find(|s| self.key_bytes(s) == key.as_bytes())
+            .map(|s| self.value(s))
     }
 
     /// Removes and returns the value of `key`.
     pub fn remove(&mut self, key: &str) -> Option<String> {
-        let pos = self.0.iter().position(|(k, _)| k == key)?;
-        Some(self.0.remove(pos).1)
+        let i = self.position(key)?;
+        let span = self.spans.remove(i);
+        Some(self.value(&span).to_owned())
     }
 
     /// Iterates over the pairs in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.spans.iter().map(|s| (self.key(s), self.value(s)))
     }
 
     /// Number of fields.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.spans.len()
     }
 
     /// True when there are no fields.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.spans.is_empty()
     }
 }
 
-impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for ExtFields {
+impl PartialEq for ExtFields {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for ExtFields {}
+
+impl std::fmt::Debug for ExtFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for ExtFields {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut f = ExtFields::new();
         for (k, v) in iter {
@@ -226,7 +317,7 @@ impl RemotingCommand {
     }
 
     /// Builder: sets one header field.
-    pub fn with_field(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_field(mut self, key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
         self.ext_fields
             .get_or_insert_with(ExtFields::new)
             .insert(key, value);

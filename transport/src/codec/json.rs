@@ -5,12 +5,6 @@
 //! `{"code":105,"extFields":{"topic":"T"},"flag":0,"language":"JAVA","opaque":1,"serializeTypeCurrentRPC":"JSON","version":479}`.
 //! Readers must accept unknown keys and non-string `extFields` values (ali-ons sends `"d":4`).
 
-use std::borrow::Cow;
-use std::fmt;
-
-use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
-
 use super::command::{ExtFields, LanguageCode, RemotingCommand, SerializeType};
 use super::error::DecodeError;
 
@@ -97,112 +91,352 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-#[derive(Deserialize)]
-struct JsonHeader<'a> {
-    code: i32,
-    #[serde(default, borrow)]
-    language: Option<Cow<'a, str>>,
-    #[serde(default)]
-    version: i32,
-    #[serde(default)]
-    opaque: i32,
-    #[serde(default)]
-    flag: i32,
-    #[serde(default)]
-    remark: Option<String>,
-    #[serde(default, rename = "extFields")]
-    ext_fields: Option<LenientFields>,
-}
-
-/// `extFields` with scalar values coerced to strings and nulls dropped.
-struct LenientFields(ExtFields);
-
-impl<'de> Deserialize<'de> for LenientFields {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LenientFields;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object of scalar values")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = ExtFields::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if let Some(value) = map.next_value::<Scalar>()?.0 {
-                        fields.insert(key, value);
-                    }
-                }
-                Ok(LenientFields(fields))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// A JSON scalar rendered as the string Java's `toString` would give; `None` for null.
-struct Scalar(Option<String>);
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, number, boolean or null")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(Some(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
-                Ok(Scalar(Some(v)))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(Some(v.to_string())))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(Some(v.to_string())))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar(Some(v.to_string())))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar(Some(v.to_string())))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
-                Ok(Scalar(None))
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
-                Ok(Scalar(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 /// Parses a JSON header; the body is attached by the caller.
+///
+/// A small hand-written parser for this one object shape: UTF-8 is validated once, strings are
+/// unescaped straight into their destination, unknown keys (with any value) are skipped, and
+/// `extFields` scalars are kept as the text they were written with (`4`, `false`, `-1.5`).
 pub(crate) fn decode(header: &[u8]) -> Result<RemotingCommand, DecodeError> {
-    let h: JsonHeader = serde_json::from_slice(header).map_err(|e| {
-        if std::str::from_utf8(header).is_err() {
-            DecodeError::InvalidUtf8("JSON header")
-        } else {
-            DecodeError::InvalidJson(e.to_string())
-        }
-    })?;
-    Ok(RemotingCommand {
-        code: h.code,
-        language: h
-            .language
-            .as_deref()
-            .map(LanguageCode::from_name)
-            .unwrap_or_default(),
-        version: h.version,
-        opaque: h.opaque,
-        flag: h.flag,
-        remark: h.remark,
-        ext_fields: h.ext_fields.map(|f| f.0),
+    let text = std::str::from_utf8(header).map_err(|_| DecodeError::InvalidUtf8("JSON header"))?;
+    let mut p = Parser {
+        text,
+        s: text.as_bytes(),
+        i: 0,
+    };
+    let mut cmd = RemotingCommand {
+        code: 0,
+        language: LanguageCode::Java,
+        version: 0,
+        opaque: 0,
+        flag: 0,
+        remark: None,
+        ext_fields: None,
         serialize_type: SerializeType::Json,
         body: bytes::Bytes::new(),
-    })
+    };
+    let mut have_code = false;
+    let mut scratch = String::new();
+    p.expect(b'{')?;
+    if !p.eat(b'}') {
+        loop {
+            scratch.clear();
+            p.string_into(&mut scratch)?;
+            p.expect(b':')?;
+            match scratch.as_str() {
+                "code" => {
+                    cmd.code = p.int()?;
+                    have_code = true;
+                }
+                "version" => cmd.version = p.int()?,
+                "opaque" => cmd.opaque = p.int()?,
+                "flag" => cmd.flag = p.int()?,
+                "language" => {
+                    if p.null()? {
+                        cmd.language = LanguageCode::Java;
+                    } else {
+                        scratch.clear();
+                        p.string_into(&mut scratch)?;
+                        cmd.language = LanguageCode::from_name(&scratch);
+                    }
+                }
+                "remark" => {
+                    cmd.remark = if p.null()? {
+                        None
+                    } else {
+                        let mut r = String::new();
+                        p.string_into(&mut r)?;
+                        Some(r)
+                    };
+                }
+                "extFields" => {
+                    cmd.ext_fields = if p.null()? { None } else { Some(p.fields()?) };
+                }
+                _ => p.skip_value(0)?,
+            }
+            if p.eat(b',') {
+                continue;
+            }
+            p.expect(b'}')?;
+            break;
+        }
+    }
+    p.ws();
+    if p.i != p.s.len() {
+        return Err(p.err("trailing characters after the header object"));
+    }
+    if !have_code {
+        return Err(DecodeError::InvalidJson("missing field `code`".into()));
+    }
+    Ok(cmd)
+}
+
+struct Parser<'a> {
+    /// The header, already validated as UTF-8.
+    text: &'a str,
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Parser<'_> {
+    fn err(&self, what: &str) -> DecodeError {
+        DecodeError::InvalidJson(format!("{what} at byte {}", self.i))
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.s.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.s.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, c: u8) -> Result<(), DecodeError> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(self.err(&format!("expected `{}`", c as char)))
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> bool {
+        if self.s[self.i..].starts_with(word) {
+            self.i += word.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Consumes `null` if it comes next.
+    fn null(&mut self) -> Result<bool, DecodeError> {
+        self.ws();
+        Ok(self.literal(b"null"))
+    }
+
+    /// A JSON string, unescaped and appended to `out`.
+    fn string_into(&mut self, out: &mut String) -> Result<(), DecodeError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.err("expected a string"));
+        }
+        self.i += 1;
+        let text = self.s;
+        loop {
+            let start = self.i;
+            while let Some(&b) = text.get(self.i) {
+                if b == b'"' || b == b'\\' || b < 0x20 {
+                    break;
+                }
+                self.i += 1;
+            }
+            // Both ends sit on ASCII bytes of validated UTF-8: char boundaries.
+            out.push_str(&self.text[start..self.i]);
+            match text.get(self.i) {
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    let esc = *text
+                        .get(self.i)
+                        .ok_or_else(|| self.err("unterminated escape"))?;
+                    self.i += 1;
+                    match esc {
+                        b'"' => out.push('"'),
+                        b'\\' => out.push('\\'),
+                        b'/' => out.push('/'),
+                        b'b' => out.push('\u{8}'),
+                        b'f' => out.push('\u{c}'),
+                        b'n' => out.push('\n'),
+                        b'r' => out.push('\r'),
+                        b't' => out.push('\t'),
+                        b'u' => {
+                            let hi = self.hex4()?;
+                            let c = if (0xD800..0xDC00).contains(&hi) {
+                                if !self.literal(b"\\u") {
+                                    return Err(self.err("unpaired surrogate"));
+                                }
+                                let lo = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&lo) {
+                                    return Err(self.err("invalid low surrogate"));
+                                }
+                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                            } else {
+                                hi
+                            };
+                            out.push(char::from_u32(c).ok_or_else(|| self.err("invalid escape"))?);
+                        }
+                        _ => return Err(self.err("invalid escape")),
+                    }
+                }
+                Some(_) => return Err(self.err("control character in string")),
+                None => return Err(self.err("unterminated string")),
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, DecodeError> {
+        let digits = self
+            .s
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| self.err("short \\u escape"))?;
+        let mut v = 0u32;
+        for d in digits {
+            v = v * 16
+                + (*d as char)
+                    .to_digit(16)
+                    .ok_or_else(|| self.err("bad \\u escape"))?;
+        }
+        self.i += 4;
+        Ok(v)
+    }
+
+    /// The text of a JSON number.
+    fn number(&mut self) -> Result<&str, DecodeError> {
+        self.ws();
+        let start = self.i;
+        let s = self.s;
+        let digits = |i: &mut usize| {
+            let from = *i;
+            while s.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
+            }
+            *i > from
+        };
+        if s.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        if !digits(&mut self.i) {
+            return Err(self.err("expected a number"));
+        }
+        if s.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if !digits(&mut self.i) {
+                return Err(self.err("expected digits after `.`"));
+            }
+        }
+        if let Some(b'e' | b'E') = s.get(self.i) {
+            self.i += 1;
+            if let Some(b'+' | b'-') = s.get(self.i) {
+                self.i += 1;
+            }
+            if !digits(&mut self.i) {
+                return Err(self.err("expected an exponent"));
+            }
+        }
+        Ok(std::str::from_utf8(&s[start..self.i]).expect("ASCII"))
+    }
+
+    fn int(&mut self) -> Result<i32, DecodeError> {
+        let text = self.number()?;
+        text.parse::<i32>()
+            .map_err(|_| DecodeError::InvalidJson(format!("`{text}` is not a 32-bit integer")))
+    }
+
+    /// `extFields`: an object of scalars; nulls are dropped, the rest kept as text.
+    fn fields(&mut self) -> Result<ExtFields, DecodeError> {
+        let mut f = ExtFields::with_capacity(self.s.len() - self.i, 16);
+        self.expect(b'{')?;
+        if self.eat(b'}') {
+            return Ok(f);
+        }
+        loop {
+            let start = f.buf_mut().len();
+            self.string_into(f.buf_mut())?;
+            let key_len = f.buf_mut().len() - start;
+            self.expect(b':')?;
+            let keep = match self.peek() {
+                Some(b'"') => {
+                    self.string_into(f.buf_mut())?;
+                    true
+                }
+                Some(b'n') if self.literal(b"null") => false,
+                Some(b't') if self.literal(b"true") => {
+                    f.buf_mut().push_str("true");
+                    true
+                }
+                Some(b'f') if self.literal(b"false") => {
+                    f.buf_mut().push_str("false");
+                    true
+                }
+                Some(b'-' | b'0'..=b'9') => {
+                    let n = self.number()?.to_owned();
+                    f.buf_mut().push_str(&n);
+                    true
+                }
+                _ => {
+                    return Err(
+                        self.err("extFields values must be strings, numbers, booleans or null")
+                    );
+                }
+            };
+            if keep {
+                f.commit(start, key_len);
+            } else {
+                f.rollback(start);
+            }
+            if self.eat(b',') {
+                continue;
+            }
+            self.expect(b'}')?;
+            return Ok(f);
+        }
+    }
+
+    /// Skips any JSON value (for unknown keys).
+    fn skip_value(&mut self, depth: usize) -> Result<(), DecodeError> {
+        if depth > 64 {
+            return Err(self.err("nesting too deep"));
+        }
+        match self.peek() {
+            Some(b'"') => self.string_into(&mut String::new()),
+            Some(b'{') => {
+                self.i += 1;
+                if self.eat(b'}') {
+                    return Ok(());
+                }
+                loop {
+                    self.string_into(&mut String::new())?;
+                    self.expect(b':')?;
+                    self.skip_value(depth + 1)?;
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.expect(b'}');
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                if self.eat(b']') {
+                    return Ok(());
+                }
+                loop {
+                    self.skip_value(depth + 1)?;
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.expect(b']');
+                }
+            }
+            Some(b't') if self.literal(b"true") => Ok(()),
+            Some(b'f') if self.literal(b"false") => Ok(()),
+            Some(b'n') if self.literal(b"null") => Ok(()),
+            Some(b'-' | b'0'..=b'9') => self.number().map(|_| ()),
+            _ => Err(self.err("expected a value")),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -84,15 +84,21 @@ impl Router {
 
     /// Runs the handler of the request's code.
     pub async fn dispatch(&self, request: Request) -> RemotingCommand {
+        self.start(request).await
+    }
+
+    /// The handler's future for `request` (unknown codes get a ready
+    /// `REQUEST_CODE_NOT_SUPPORTED`).
+    pub fn start(&self, request: Request) -> HandlerFuture {
         match self.routes.get(&request.command.code) {
-            Some(h) => h.handle(request).await,
-            None => RemotingCommand::response(
-                response_code::REQUEST_CODE_NOT_SUPPORTED,
-                Some(format!(
-                    "request code {} is not supported",
-                    request.command.code
-                )),
-            ),
+            Some(h) => h.handle(request),
+            None => {
+                let code = request.command.code;
+                Box::pin(std::future::ready(RemotingCommand::response(
+                    response_code::REQUEST_CODE_NOT_SUPPORTED,
+                    Some(format!("request code {code} is not supported")),
+                )))
+            }
         }
     }
 }
@@ -285,17 +291,34 @@ async fn serve_connection<K: Link>(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let router = router.clone();
         let request = Request {
             command,
             peer: peer.clone(),
             transport: info.transport,
         };
-        handlers.spawn(async move {
-            let response = router.dispatch(request).await;
-            let _ = responder.respond(response).await;
-            drop(permit);
-        });
+        // Most handlers finish without waiting: run them here and spawn only those that wait
+        // (long polls, disk syncs), saving a task per request.
+        let mut handler = router.start(request);
+        let ready = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match handler.as_mut().poll(cx) {
+                std::task::Poll::Ready(r) => Some(r),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await;
+        match ready {
+            Some(response) => {
+                let _ = responder.respond(response).await;
+                drop(permit);
+            }
+            None => {
+                handlers.spawn(async move {
+                    let response = handler.await;
+                    let _ = responder.respond(response).await;
+                    drop(permit);
+                });
+            }
+        }
         while handlers.try_join_next().is_some() {}
     }
     while handlers.join_next().await.is_some() {}
