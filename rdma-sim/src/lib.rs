@@ -27,8 +27,8 @@
 //! - Loss: PSNs, cumulative acks, go-back-N retransmission after `timeout`, `retry_cnt`, then
 //!   `RETRY_EXC_ERR`. A QP in ERR flushes every outstanding request with `WR_FLUSH_ERR`.
 //! - RC ordering; completion ordering per CQ.
-//! - Completion queues of fixed capacity: overflow puts the CQ and its QPs in error and raises
-//!   an asynchronous event. Completion channels are eventfds (pollable, usable with tokio);
+//! - Completion queues of fixed capacity: overflow puts the CQ and its QPs in error (polling it
+//!   fails from then on) and raises an asynchronous event. Completion channels are eventfds (pollable, usable with tokio);
 //!   `req_notify(solicited_only)` arms exactly one notification.
 //! - Immediate data is carried as an opaque 32-bit value; like real verbs, the API takes and
 //!   returns it raw (use `to_be`/`from_be` on both ends).

@@ -455,7 +455,7 @@ impl Drop for CompletionQueue {
 
 impl CompletionQueue {
     /// Moves up to `out.len()` completions into `out` (`ibv_poll_cq`). Fails with
-    /// [`VerbsError::CqOverflow`] once the CQ has overflowed and is drained.
+    /// [`VerbsError::CqOverflow`] once the CQ has overflowed (it is then in error).
     pub fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize, VerbsError> {
         // An empty queue is answered without the fabric lock.
         if self.ready.load(Ordering::Acquire) == 0 {

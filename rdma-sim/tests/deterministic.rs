@@ -278,8 +278,10 @@ fn cq_overflow_raises_an_async_event_and_fails_the_qp() {
         Some(AsyncEvent::CqOverflow { cq: b.cq.id() })
     );
     assert_eq!(b.qp.state(), QpState::Err);
-    assert_eq!(drain(&b.cq).len(), 4);
-    assert!(b.cq.poll(&mut [send_imm_wc(); 1]).is_err());
+    assert!(
+        b.cq.poll(&mut [send_imm_wc(); 1]).is_err(),
+        "an overflowed CQ is in error"
+    );
     let _ = (&a.mem, &b.mem);
 }
 

@@ -624,6 +624,10 @@ impl State {
             .cqs
             .get_mut(&cq)
             .ok_or_else(|| VerbsError::InvalidArgument("unknown CQ".into()))?;
+        if cq.overflowed {
+            // An overflowed CQ is in error: what it holds can no longer be trusted.
+            return Err(VerbsError::CqOverflow);
+        }
         let n = out.len().min(cq.entries.len());
         for (slot, wc) in out.iter_mut().zip(cq.entries.drain(..n)) {
             *slot = wc;
@@ -632,9 +636,6 @@ impl State {
             cq.entries.len() + cq.overflowed as usize,
             std::sync::atomic::Ordering::Release,
         );
-        if n == 0 && cq.overflowed {
-            return Err(VerbsError::CqOverflow);
-        }
         Ok(n)
     }
 

@@ -439,6 +439,19 @@ impl Core {
         }
     }
 
+    fn upgrade_flush_failure(&mut self, error: CoreError) {
+        for e in self.events.iter_mut() {
+            if let Event::Failed(CoreError::Completion {
+                status: WcError::Flushed,
+                ..
+            }) = e
+            {
+                *e = Event::Failed(error);
+                return;
+            }
+        }
+    }
+
     /// Fails the link for a reason the driver detected.
     pub fn fail(&mut self, error: CoreError) {
         if !self.is_finished() {
@@ -461,12 +474,17 @@ impl Core {
             if tag == TAG_RECV {
                 self.posted_recv = self.posted_recv.saturating_sub(1);
             }
-            // Flushes follow the failure (or our own teardown) that caused them.
-            if status != WcError::Flushed || self.state == State::Running {
-                self.fail(CoreError::Completion {
-                    status,
-                    kind: c.kind,
-                });
+            // Flushes follow the failure (or our own teardown) that caused them. A flush is never
+            // the root cause: if the real error arrives in the same batch (it may sit on the
+            // other completion queue), it replaces the flush as the reported failure.
+            let error = CoreError::Completion {
+                status,
+                kind: c.kind,
+            };
+            if self.state == State::Running {
+                self.fail(error);
+            } else if status != WcError::Flushed {
+                self.upgrade_flush_failure(error);
             }
             return;
         }
@@ -734,10 +752,12 @@ impl Core {
         self.next_send_seq = seq.wrapping_add(1);
         self.unsignaled_run += 1;
         let n = self.cfg.signal_every;
+        // Control messages are rare: signalling them lets an idle link free the send slots of
+        // its last, unsignaled burst.
         let signaled = self.unsignaled_run >= n
             || (self.free_send.len() as u32) < n
             || self.sq_outstanding + 1 + n >= self.cfg.send_depth
-            || kind == Kind::Control(Control::Goodbye);
+            || matches!(kind, Kind::Control(_));
         if signaled {
             self.unsignaled_run = 0;
         }
