@@ -50,6 +50,15 @@ struct Calls {
     pending: HashMap<i32, Reply>,
     /// Incoming requests whose response has not been sent yet.
     responding: usize,
+    /// Why the connection ended (what later calls fail with).
+    ended: Option<TransportError>,
+}
+
+impl Calls {
+    /// The error for a call that finds the connection not open.
+    fn refusal(&self) -> TransportError {
+        self.ended.clone().unwrap_or(TransportError::Closed)
+    }
 }
 
 impl Calls {
@@ -118,6 +127,7 @@ impl<T: LinkTx> Shared<T> {
             State::Closed => false,
             _ => {
                 calls.state = State::Closing;
+                calls.ended.get_or_insert(TransportError::Closed);
                 true
             }
         }
@@ -137,8 +147,16 @@ impl<T: LinkTx> Shared<T> {
 
     /// Ends the connection: every pending call fails with `reason`, the link is aborted.
     fn fail(&self, reason: TransportError) {
+        let call_error = match &reason {
+            TransportError::Closed => TransportError::Closed,
+            TransportError::ConnectionLost(_) => reason.clone(),
+            other => TransportError::ConnectionLost(other.to_string()),
+        };
         let pending = {
             let mut calls = self.calls();
+            if calls.ended.is_none() {
+                calls.ended = Some(call_error.clone());
+            }
             if calls.state == State::Closed && calls.pending.is_empty() {
                 drop(calls);
                 self.tx.abort(reason);
@@ -146,10 +164,6 @@ impl<T: LinkTx> Shared<T> {
             }
             calls.state = State::Closed;
             std::mem::take(&mut calls.pending)
-        };
-        let call_error = match &reason {
-            TransportError::Closed => TransportError::Closed,
-            other => TransportError::ConnectionLost(other.to_string()),
         };
         for (_, reply) in pending {
             let _ = reply.send(Err(call_error.clone()));
@@ -227,6 +241,7 @@ impl<T: LinkTx> Connection<T> {
                 state: State::Open,
                 pending: HashMap::new(),
                 responding: 0,
+                ended: None,
             }),
             idle: Notify::new(),
             reader: Mutex::new(None),
@@ -260,7 +275,7 @@ impl<T: LinkTx> Connection<T> {
         let opaque = {
             let mut calls = shared.calls();
             if calls.state != State::Open {
-                return Err(TransportError::Closed);
+                return Err(calls.refusal());
             }
             let mut opaque = shared.next_opaque.fetch_add(1, Relaxed);
             while calls.pending.contains_key(&opaque) {
@@ -284,8 +299,11 @@ impl<T: LinkTx> Connection<T> {
     /// Sends a one-way request (no response). Returns once it is queued.
     pub async fn oneway(&self, mut request: RemotingCommand) -> Result<(), TransportError> {
         let shared = self.shared();
-        if shared.calls().state != State::Open {
-            return Err(TransportError::Closed);
+        {
+            let calls = shared.calls();
+            if calls.state != State::Open {
+                return Err(calls.refusal());
+            }
         }
         request.flag = (request.flag & !FLAG_RESPONSE) | FLAG_ONEWAY;
         request.opaque = shared.next_opaque.fetch_add(1, Relaxed);
@@ -345,15 +363,15 @@ async fn read_loop<T: LinkTx, R: LinkRx>(
             Ok(None) => {
                 // Clean end of stream: the peer sends nothing more, but may still read the
                 // responses to requests it already sent.
+                let lost = TransportError::ConnectionLost("peer closed the connection".into());
                 let pending = {
                     let mut calls = shared.calls();
                     calls.state = State::Closing;
+                    calls.ended.get_or_insert_with(|| lost.clone());
                     std::mem::take(&mut calls.pending)
                 };
                 for (_, reply) in pending {
-                    let _ = reply.send(Err(TransportError::ConnectionLost(
-                        "peer closed the connection".into(),
-                    )));
+                    let _ = reply.send(Err(lost.clone()));
                 }
                 drop(incoming);
                 shared.wait_idle().await;
