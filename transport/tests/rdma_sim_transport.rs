@@ -27,11 +27,12 @@ impl SimRdma {
         }
     }
     fn busy() -> Self {
+        Self::spinning(Duration::from_millis(1))
+    }
+    fn spinning(spin: Duration) -> Self {
         Self {
             fabric: Fabric::new(FabricConfig::default()),
-            mode: PollMode::BusyPoll {
-                spin: Duration::from_millis(1),
-            },
+            mode: PollMode::BusyPoll { spin },
         }
     }
     fn with(&self, config: RdmaConfig) -> RdmaTransport<SimOpener> {
