@@ -18,8 +18,9 @@ need_apt() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || apt_missing+=("$p")
   done
 }
-# gcc/make for crates with C parts; pkg-config for -sys crates.
-need_apt build-essential pkg-config ca-certificates
+# gcc/make for crates with C parts; pkg-config for -sys crates; cmake and libclang to build the
+# libibverbs binding (sideway: libibverbs itself is loaded at run time, not needed to build).
+need_apt build-essential pkg-config ca-certificates cmake libclang-dev
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${apt_missing[*]}"
   SUDO=""

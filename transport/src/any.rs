@@ -7,6 +7,8 @@ use crate::codec::FrameWrite;
 use crate::endpoint::{Endpoint, Scheme};
 use crate::error::TransportError;
 use crate::link::{FrameBuf, Link, LinkInfo, LinkRx, LinkTx, Listener, Transport};
+#[cfg(feature = "ibverbs")]
+use crate::rdma::ibverbs::{IbOpener, IbQp};
 use crate::rdma::sim::{SimOpener, SimQp};
 use crate::rdma::transport::{RdmaLinkBuf, RdmaLinkRx, RdmaLinkTx};
 use crate::rdma::{RdmaConfig, RdmaLink, RdmaListener, RdmaTransport};
@@ -19,6 +21,9 @@ pub struct AnyTransport {
     pub tcp: TcpTransport,
     /// RDMA over the rdma-sim simulated NIC (`rdma-sim://`).
     pub sim: RdmaTransport<SimOpener>,
+    /// RDMA over real devices (`rdma://`).
+    #[cfg(feature = "ibverbs")]
+    pub rdma: RdmaTransport<IbOpener>,
 }
 
 impl Default for AnyTransport {
@@ -31,6 +36,8 @@ impl AnyTransport {
     /// Every backend, with the given TCP and RDMA settings.
     pub fn new(tcp: TcpTransport, rdma: RdmaConfig) -> Self {
         Self {
+            #[cfg(feature = "ibverbs")]
+            rdma: RdmaTransport::new(IbOpener, tcp.clone(), rdma.clone()),
             sim: RdmaTransport::new(SimOpener::default(), tcp.clone(), rdma),
             tcp,
         }
@@ -38,10 +45,11 @@ impl AnyTransport {
 }
 
 impl AnyTransport {
+    #[cfg(not(feature = "ibverbs"))]
     fn unsupported(scheme: Scheme) -> TransportError {
         TransportError::Unsupported {
             scheme: scheme.as_str(),
-            reason: "this build has no backend for it yet".into(),
+            reason: "this build was made without the `ibverbs` feature".into(),
         }
     }
 }
@@ -53,6 +61,9 @@ pub enum AnyLink {
     Tcp(TcpLink),
     /// rdma-sim (or TCP after a fallback).
     Sim(RdmaLink<SimQp>),
+    /// Real RDMA (or TCP after a fallback).
+    #[cfg(feature = "ibverbs")]
+    Rdma(RdmaLink<IbQp>),
 }
 
 /// Sending half of [`AnyLink`].
@@ -62,6 +73,9 @@ pub enum AnyTx {
     Tcp(TcpTx),
     /// rdma-sim.
     Sim(RdmaLinkTx<SimQp>),
+    /// Real RDMA.
+    #[cfg(feature = "ibverbs")]
+    Rdma(RdmaLinkTx<IbQp>),
 }
 
 /// Receiving half of [`AnyLink`].
@@ -71,6 +85,9 @@ pub enum AnyRx {
     Tcp(TcpRx),
     /// rdma-sim.
     Sim(RdmaLinkRx<SimQp>),
+    /// Real RDMA.
+    #[cfg(feature = "ibverbs")]
+    Rdma(RdmaLinkRx<IbQp>),
 }
 
 /// Send buffer of [`AnyLink`].
@@ -80,6 +97,9 @@ pub enum AnyBuf {
     Tcp(TcpBuf),
     /// rdma-sim.
     Sim(RdmaLinkBuf),
+    /// Real RDMA.
+    #[cfg(feature = "ibverbs")]
+    Rdma(RdmaLinkBuf),
 }
 
 /// Listener of [`AnyTransport`].
@@ -89,6 +109,9 @@ pub enum AnyListener {
     Tcp(TcpListener),
     /// rdma-sim.
     Sim(RdmaListener<SimQp>),
+    /// Real RDMA.
+    #[cfg(feature = "ibverbs")]
+    Rdma(RdmaListener<IbQp>),
 }
 
 impl FrameWrite for AnyBuf {
@@ -96,12 +119,16 @@ impl FrameWrite for AnyBuf {
         match self {
             AnyBuf::Tcp(b) => b.put_slice(src),
             AnyBuf::Sim(b) => b.put_slice(src),
+            #[cfg(feature = "ibverbs")]
+            AnyBuf::Rdma(b) => b.put_slice(src),
         }
     }
     fn put_bytes(&mut self, src: Bytes) {
         match self {
             AnyBuf::Tcp(b) => b.put_bytes(src),
             AnyBuf::Sim(b) => b.put_bytes(src),
+            #[cfg(feature = "ibverbs")]
+            AnyBuf::Rdma(b) => b.put_bytes(src),
         }
     }
 }
@@ -115,6 +142,8 @@ impl LinkTx for AnyTx {
         match self {
             AnyTx::Tcp(t) => t.reserve(frame_len).await.map(AnyBuf::Tcp),
             AnyTx::Sim(t) => t.reserve(frame_len).await.map(AnyBuf::Sim),
+            #[cfg(feature = "ibverbs")]
+            AnyTx::Rdma(t) => t.reserve(frame_len).await.map(AnyBuf::Rdma),
         }
     }
 
@@ -122,6 +151,8 @@ impl LinkTx for AnyTx {
         match (self, buf) {
             (AnyTx::Tcp(t), AnyBuf::Tcp(b)) => t.send(b),
             (AnyTx::Sim(t), AnyBuf::Sim(b)) => t.send(b),
+            #[cfg(feature = "ibverbs")]
+            (AnyTx::Rdma(t), AnyBuf::Rdma(b)) => t.send(b),
             _ => Err(TransportError::Closed),
         }
     }
@@ -130,6 +161,8 @@ impl LinkTx for AnyTx {
         match self {
             AnyTx::Tcp(t) => t.close().await,
             AnyTx::Sim(t) => t.close().await,
+            #[cfg(feature = "ibverbs")]
+            AnyTx::Rdma(t) => t.close().await,
         }
     }
 
@@ -137,6 +170,8 @@ impl LinkTx for AnyTx {
         match self {
             AnyTx::Tcp(t) => t.abort(reason),
             AnyTx::Sim(t) => t.abort(reason),
+            #[cfg(feature = "ibverbs")]
+            AnyTx::Rdma(t) => t.abort(reason),
         }
     }
 }
@@ -146,6 +181,8 @@ impl LinkRx for AnyRx {
         match self {
             AnyRx::Tcp(r) => r.recv().await,
             AnyRx::Sim(r) => r.recv().await,
+            #[cfg(feature = "ibverbs")]
+            AnyRx::Rdma(r) => r.recv().await,
         }
     }
 }
@@ -158,6 +195,8 @@ impl Link for AnyLink {
         match self {
             AnyLink::Tcp(l) => l.info(),
             AnyLink::Sim(l) => l.info(),
+            #[cfg(feature = "ibverbs")]
+            AnyLink::Rdma(l) => l.info(),
         }
     }
 
@@ -171,6 +210,11 @@ impl Link for AnyLink {
                 let (t, r, i) = l.split();
                 (AnyTx::Sim(t), AnyRx::Sim(r), i)
             }
+            #[cfg(feature = "ibverbs")]
+            AnyLink::Rdma(l) => {
+                let (t, r, i) = l.split();
+                (AnyTx::Rdma(t), AnyRx::Rdma(r), i)
+            }
         }
     }
 }
@@ -182,6 +226,8 @@ impl Listener for AnyListener {
         match self {
             AnyListener::Tcp(l) => l.accept().await.map(AnyLink::Tcp),
             AnyListener::Sim(l) => l.accept().await.map(AnyLink::Sim),
+            #[cfg(feature = "ibverbs")]
+            AnyListener::Rdma(l) => l.accept().await.map(AnyLink::Rdma),
         }
     }
 
@@ -189,6 +235,8 @@ impl Listener for AnyListener {
         match self {
             AnyListener::Tcp(l) => l.local_endpoint(),
             AnyListener::Sim(l) => l.local_endpoint(),
+            #[cfg(feature = "ibverbs")]
+            AnyListener::Rdma(l) => l.local_endpoint(),
         }
     }
 }
@@ -201,6 +249,9 @@ impl Transport for AnyTransport {
         match endpoint.scheme {
             Scheme::Tcp => self.tcp.connect(endpoint).await.map(AnyLink::Tcp),
             Scheme::RdmaSim => self.sim.connect(endpoint).await.map(AnyLink::Sim),
+            #[cfg(feature = "ibverbs")]
+            Scheme::Rdma => self.rdma.connect(endpoint).await.map(AnyLink::Rdma),
+            #[cfg(not(feature = "ibverbs"))]
             other => Err(Self::unsupported(other)),
         }
     }
@@ -209,6 +260,9 @@ impl Transport for AnyTransport {
         match endpoint.scheme {
             Scheme::Tcp => self.tcp.bind(endpoint).await.map(AnyListener::Tcp),
             Scheme::RdmaSim => self.sim.bind(endpoint).await.map(AnyListener::Sim),
+            #[cfg(feature = "ibverbs")]
+            Scheme::Rdma => self.rdma.bind(endpoint).await.map(AnyListener::Rdma),
+            #[cfg(not(feature = "ibverbs"))]
             other => Err(Self::unsupported(other)),
         }
     }

@@ -133,7 +133,12 @@ impl Pair {
         };
         let (mut a, ga, qa) = side(&va, &cfg, &qp_cfg);
         let (mut b, gb, qb) = side(&vb, &cfg, &qp_cfg);
-        let ep = |gid, qpn| rdmq_transport::rdma::verbs::QpEndpoint { gid, qpn, psn: 0 };
+        let ep = |gid, qpn| rdmq_transport::rdma::verbs::QpEndpoint {
+            gid,
+            qpn,
+            psn: 0,
+            lid: 0,
+        };
         a.qp.connect(&ep(gb, qb)).unwrap();
         b.qp.connect(&ep(ga, qa)).unwrap();
         let mut p = Pair { fabric, a, b };

@@ -2,10 +2,16 @@
 //!
 //! - [`verbs`]: the device boundary (a small `Verbs` trait) and its work-request types.
 //! - [`memory`]: the registered arena and its slots (the data path's only `unsafe`).
-//! - [`sim`]: `Verbs` over rdma-sim.
+//! - [`sim`]: `Verbs` over rdma-sim; `ibverbs` (feature `ibverbs`, on by default): `Verbs`
+//!   over real libibverbs through sideway.
+//! - [`core`]: the sans-IO protocol core — where a frame becomes a work request.
+//! - [`driver`]: the tokio driver of one link; [`transport`]: TCP bootstrap, handshake and
+//!   fallback.
 
 pub mod core;
 pub mod driver;
+#[cfg(feature = "ibverbs")]
+pub mod ibverbs;
 pub mod memory;
 pub mod sim;
 pub mod sys;

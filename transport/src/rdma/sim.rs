@@ -244,6 +244,7 @@ impl VerbsQp for SimQp {
             gid: a.gid.0,
             qpn: a.qpn,
             psn: 0,
+            lid: 0,
         }
     }
 

@@ -198,6 +198,7 @@ impl<O: DeviceOpener> RdmaTransport<O> {
             max_frame: self.config.max_frame as u32,
             generation,
             reason: None,
+            lid: ep.lid,
         }
     }
 
@@ -224,6 +225,7 @@ impl<O: DeviceOpener> RdmaTransport<O> {
             gid: theirs.gid,
             qpn: theirs.qpn,
             psn: theirs.psn,
+            lid: theirs.lid,
         })?;
         let core = Core::new(
             self.config.core.clone(),

@@ -191,6 +191,8 @@ pub struct QpEndpoint {
     pub qpn: u32,
     /// First packet sequence number this side sends.
     pub psn: u32,
+    /// Port LID (InfiniBand link layer; 0 on RoCE).
+    pub lid: u16,
 }
 
 /// Settings of a new queue pair.

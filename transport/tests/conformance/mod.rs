@@ -354,6 +354,36 @@ pub async fn slow_reader_bounds_sender_memory<H: Harness>(h: H) {
 /// Expands one `#[tokio::test]` per conformance case for a harness value.
 #[macro_export]
 macro_rules! conformance_tests {
+    (skip_unless $cond:expr, $why:expr, $harness:expr) => {
+        $crate::conformance_tests!(@skippable $cond, $why, $harness;
+            concurrent_calls,
+            bodies_up_to_max_frame,
+            oneway_in_order,
+            graceful_close_drains_in_flight,
+            server_shutdown_drains_in_flight,
+            peer_death_fails_pending_calls_promptly,
+            call_timeout_leaves_connection_usable,
+            unknown_code_is_not_supported,
+            slow_reader_bounds_sender_memory
+        );
+    };
+    (@skippable $cond:expr, $why:expr, $harness:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if !$cond {
+                    eprintln!("skipped {}: {}", stringify!($case), $why);
+                    return;
+                }
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(300),
+                    conformance::$case($harness),
+                )
+                .await
+                .expect(concat!(stringify!($case), " hung"));
+            }
+        )*
+    };
     ($harness:expr) => {
         $crate::conformance_tests!(@case $harness;
             concurrent_calls,

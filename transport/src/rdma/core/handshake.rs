@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! magic "RDMQ" | version u16 | kind u8 | reserved u8 | gid [16] | qpn u32 | psn u32 |
-//! slot_size u32 | recv_slots u32 | max_frame u32 | generation u16 | reason u16
+//! slot_size u32 | recv_slots u32 | max_frame u32 | generation u16 | reason u16 | lid u16
 //! ```
 //!
 //! Client → server `Hello` (or `TcpOnly` when the client has no device); server → client
@@ -86,6 +86,8 @@ pub struct HelloMsg {
     pub generation: u16,
     /// Reject reason (Reject only).
     pub reason: Option<RejectReason>,
+    /// Sender's port LID (InfiniBand link layer; 0 on RoCE).
+    pub lid: u16,
 }
 
 impl HelloMsg {
@@ -101,6 +103,7 @@ impl HelloMsg {
             max_frame: 0,
             generation: 0,
             reason: None,
+            lid: 0,
         }
     }
 
@@ -138,6 +141,7 @@ impl HelloMsg {
                 .unwrap_or(0)
                 .to_be_bytes(),
         );
+        b[48..50].copy_from_slice(&self.lid.to_be_bytes());
         b
     }
 
@@ -174,6 +178,7 @@ impl HelloMsg {
             max_frame: u32_at(40),
             generation: u16::from_be_bytes([b[44], b[45]]),
             reason: (kind == HelloKind::Reject).then(|| RejectReason::from_code(reason)),
+            lid: u16::from_be_bytes([b[48], b[49]]),
         })
     }
 }
@@ -258,6 +263,7 @@ mod tests {
             max_frame: 16 << 20,
             generation: 3,
             reason: None,
+            lid: 0x1234,
         }
     }
 
