@@ -433,16 +433,15 @@ impl VerbsQp for IbQp {
                 Err(PollCompletionQueueError::CompletionQueueEmpty) => continue,
                 Err(e) => return Err(VerbsError::Other(format!("poll CQ: {e}"))),
             };
+            let on_recv_cq = std::ptr::eq(cq, &self.rq);
             for wc in poller {
                 let status = wc.status();
-                let kind = match wc.opcode() {
-                    0 => CompletionKind::Send,
-                    1 => CompletionKind::Write,
-                    2 => CompletionKind::Read,
-                    129 => CompletionKind::RecvWriteImm,
-                    128 => CompletionKind::Recv,
-                    // Flushed completions carry no valid opcode: tell them apart by queue.
-                    _ if std::ptr::eq(cq, &self.rq) => CompletionKind::Recv,
+                // Error completions carry no valid opcode: classify them by queue.
+                let kind = match (status, wc.opcode()) {
+                    (0, 1) => CompletionKind::Write,
+                    (0, 2) => CompletionKind::Read,
+                    (0, 129) => CompletionKind::RecvWriteImm,
+                    _ if on_recv_cq => CompletionKind::Recv,
                     _ => CompletionKind::Send,
                 };
                 let is_recv = matches!(kind, CompletionKind::Recv | CompletionKind::RecvWriteImm);

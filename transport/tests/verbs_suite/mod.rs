@@ -24,6 +24,15 @@ pub trait VerbsHarness {
     fn time_scale(&self) -> u32 {
         1
     }
+    /// True if the binding implements the strict, portable reading of behaviours that real
+    /// providers leave open: posting to an errored QP fails, unsignaled send slots stay taken
+    /// until a later signaled send completes, a CQ holds exactly its requested size and an
+    /// overflow fails the next poll. rdma-sim does (so code tested on it is safe everywhere);
+    /// real providers may be laxer (rxe frees unsignaled slots, rounds CQ sizes up, and reports
+    /// overflow only as an asynchronous event).
+    fn strict(&self) -> bool {
+        true
+    }
 }
 
 pub const ARENA: usize = 64 * 1024;
@@ -301,6 +310,9 @@ pub fn unsignaled_sends_hold_slots_until_a_signaled_one_completes<H: VerbsHarnes
         assert_eq!(c.wr_id % 4, 3, "an unsignaled send completed: {c:?}");
     }
     assert_eq!(b.wait(100, secs(&h, 5)).len(), 100);
+    if !h.strict() {
+        return;
+    }
     // Only unsignaled sends: their slots are never freed, the queue fills and stays full.
     let (mut a, mut b) = pair(&h, &cfg);
     b.post_recvs(0..16, 0, 0);
@@ -352,7 +364,18 @@ pub fn rnr_retry_exceeded<H: VerbsHarness>(h: H) {
     let got = a.wait(2, secs(&h, 5));
     assert_eq!(got[0].status, Err(WcError::RnrRetryExceeded), "{got:?}");
     assert_eq!(got[1].status, Err(WcError::Flushed), "{got:?}");
-    assert!(a.send(3, SendOp::Send, Payload::Sges(&[]), true).is_err());
+    // The QP is in error: a new request either fails to post or is flushed.
+    match a.send(3, SendOp::Send, Payload::Sges(&[]), true) {
+        Err(_) => {}
+        Ok(()) => {
+            assert!(
+                !h.strict(),
+                "posting to an errored QP must fail on strict bindings"
+            );
+            let got = a.wait(1, secs(&h, 5));
+            assert_eq!(got[0].status, Err(WcError::Flushed), "{got:?}");
+        }
+    }
 }
 
 pub fn rkey_violation<H: VerbsHarness>(h: H) {
@@ -412,10 +435,16 @@ pub fn error_state_flushes_everything<H: VerbsHarness>(h: H) {
             (i as u64, Err(WcError::Flushed), CompletionKind::Recv)
         );
     }
-    assert!(b.send(9, SendOp::Send, Payload::Sges(&[]), true).is_err());
+    if h.strict() {
+        assert!(b.send(9, SendOp::Send, Payload::Sges(&[]), true).is_err());
+    }
 }
 
 pub fn cq_overflow_is_reported<H: VerbsHarness>(h: H) {
+    if !h.strict() {
+        eprintln!("skipped: this provider reports CQ overflow as an asynchronous event");
+        return;
+    }
     let cfg = QpConfig {
         cq_depth: 4,
         ..QpConfig::default()
