@@ -44,4 +44,21 @@ fi
 log "cargo test (workspace)"
 cargo test --workspace
 
+# --- SoftRoCE stage: real kernel verbs --------------------------------------------------------
+# Natively where the kernel has rdma_rxe; otherwise in a qemu guest booting Debian's kernel.
+# The binaries are built here; only they run there. Bounded to 10 minutes.
+if [ -z "${RDMQ_SKIP_SOFTROCE:-}" ]; then
+  log "SoftRoCE stage"
+  test_bin=$(cargo test -p rdmq-transport --test rdma_hw --no-run 2>&1 | grep -o 'target/debug/deps/rdma_hw-[0-9a-f]*' | head -1)
+  cargo build -q -p rdmq-bench
+  bench_bin=target/debug/rdmq-bench
+  [ -n "$test_bin" ] || { echo "could not build the device test binary" >&2; exit 1; }
+  if scripts/softroce-up.sh >/dev/null 2>&1; then
+    log "rdma_rxe available natively"
+    timeout 600 scripts/softroce-stage.sh "$test_bin" "$bench_bin"
+  else
+    timeout 660 scripts/softroce-vm.sh --timeout 600 -- scripts/softroce-stage.sh "$test_bin" "$bench_bin"
+  fi
+fi
+
 log "all tests passed"

@@ -11,11 +11,13 @@ use rdmq_transport::rdma::{PollMode, RdmaConfig, RdmaTransport};
 use rdmq_transport::tcp::TcpTransport;
 use rdmq_transport::{Endpoint, Scheme, Transport};
 
-const USAGE: &str = "usage: rdmq-bench <command> [--iterations N] [--only tcp|rdma-sim]
+const USAGE: &str =
+    "usage: rdmq-bench <command> [--iterations N] [--only tcp,rdma-sim,rdma] [--sizes 128,1024]
 
 commands:
   transport   round-trip p50/p99 and pipelined messages/s of one connection, for 128 B, 1 KiB
-              and 4 KiB bodies, over every transport this build has (TCP loopback baseline)
+              and 4 KiB bodies, over TCP loopback (the baseline), rdma-sim, and real RDMA when
+              a device is present (SoftRoCE in a qemu guest is labelled emulated)
   sim         rdma-sim alone: SEND ping-pong p50/p99 and one-way messages/s, in one process
               and across two processes, with the simulated NIC's share of CPU time
 ";
@@ -24,6 +26,7 @@ struct Args {
     command: String,
     iterations: u64,
     only: Option<String>,
+    sizes: Vec<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -31,8 +34,17 @@ fn parse_args() -> Result<Args, String> {
     let command = args.next().ok_or_else(|| USAGE.to_owned())?;
     let mut iterations = 20_000;
     let mut only = None;
+    let mut sizes = vec![128, 1024, 4096];
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--sizes" => {
+                sizes = args
+                    .next()
+                    .ok_or("--sizes needs a list")?
+                    .split(',')
+                    .map(|v| v.parse().map_err(|_| format!("bad size `{v}`")))
+                    .collect::<Result<_, _>>()?;
+            }
             "--only" => only = Some(args.next().ok_or("--only needs a transport name")?),
             "--iterations" | "-n" => {
                 iterations = args
@@ -48,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         command,
         iterations,
         only,
+        sizes,
     })
 }
 
@@ -60,6 +73,7 @@ async fn transport_bench<T: Transport>(
     transport: T,
     endpoint: Endpoint,
     iterations: u64,
+    sizes: &[usize],
 ) -> Result<SizeResults, String> {
     let mut results = Vec::new();
     let server = echo_server(&transport, &endpoint)
@@ -68,7 +82,7 @@ async fn transport_bench<T: Transport>(
     let conn = dial(&transport, server.local_endpoint())
         .await
         .map_err(|e| e.to_string())?;
-    for size in [128usize, 1024, 4096] {
+    for &size in sizes {
         let rtt = round_trips::<T>(&conn, size, iterations / 10, iterations)
             .await
             .map_err(|e| e.to_string())?;
@@ -101,6 +115,134 @@ async fn transport_bench<T: Transport>(
     conn.close(std::time::Duration::from_secs(1)).await;
     server.shutdown(std::time::Duration::from_secs(1)).await;
     Ok(results)
+}
+
+fn print_ratios(name: &str, base: &SizeResults, other: &SizeResults, goals: &str) {
+    for ((size, tp50, tp99, trate), (_, p50, p99, rate)) in base.iter().zip(other) {
+        println!(
+            "ratio {name}/tcp {size:>5} B: p50 {:.2}x  p99 {:.2}x  pipelined throughput {:.2}x{goals}",
+            *p50 as f64 / *tp50 as f64,
+            *p99 as f64 / *tp99 as f64,
+            rate / trate
+        );
+    }
+}
+
+async fn transport_command(args: &Args) -> Result<(), String> {
+    println!(
+        "# rdmq-bench transport: one connection, client and server in one current-thread runtime"
+    );
+    println!("# {}", machine_line());
+    println!(
+        "# {} measured calls per size after {} warm-up calls; pipelined = 64 calls outstanding",
+        args.iterations,
+        args.iterations / 10
+    );
+    let run = |name: &str| {
+        args.only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
+    let ep = |scheme| Endpoint {
+        scheme,
+        ..Endpoint::tcp("127.0.0.1", 0)
+    };
+    let emulated = std::env::var_os("SOFTROCE_GUEST").is_some();
+    let tcp_label = if emulated {
+        "TCP in the qemu guest: emulated, not a performance result"
+    } else {
+        "TCP loopback baseline, measured"
+    };
+    let tcp = if run("tcp") {
+        transport_bench(
+            "tcp",
+            tcp_label,
+            TcpTransport::default(),
+            ep(Scheme::Tcp),
+            args.iterations,
+            &args.sizes,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    let busy = RdmaConfig {
+        mode: PollMode::BusyPoll {
+            spin: std::time::Duration::from_millis(5),
+        },
+        fallback_to_tcp: false,
+        ..RdmaConfig::default()
+    };
+    if run("rdma-sim") {
+        let fabric = rdma_sim::Fabric::global();
+        let nic0 = fabric.stats().total();
+        let cpu0 = rdmq_bench::report::process_cpu_time();
+        let transport =
+            RdmaTransport::new(SimOpener::default(), TcpTransport::default(), busy.clone());
+        let sim = transport_bench(
+            "rdma-sim",
+            "simulated NIC, busy-poll",
+            transport,
+            ep(Scheme::RdmaSim),
+            args.iterations,
+            &args.sizes,
+        )
+        .await?;
+        let nic = fabric.stats().total() - nic0;
+        let cpu = rdmq_bench::report::process_cpu_time() - cpu0;
+        println!(
+            "# rdma-sim run: simulated NIC work {:.3} s of {:.3} s process CPU ({:.0}%)",
+            nic.as_secs_f64(),
+            cpu.as_secs_f64(),
+            100.0 * nic.as_secs_f64() / cpu.as_secs_f64().max(1e-9)
+        );
+        print_ratios(
+            "rdma-sim",
+            &tcp,
+            &sim,
+            "  (goals: p50 <= 0.5x, throughput >= 4x)",
+        );
+    }
+    if run("rdma") {
+        let devices = rdmq_transport::rdma::ibverbs::device_names();
+        if devices.is_empty() {
+            println!("# rdma: skipped, no RDMA device on this host");
+        } else {
+            let label = if emulated {
+                "emulated (qemu TCG + SoftRoCE): not a performance result"
+            } else {
+                "hardware"
+            };
+            let transport = RdmaTransport::new(
+                rdmq_transport::rdma::ibverbs::IbOpener,
+                TcpTransport::default(),
+                RdmaConfig {
+                    mode: if emulated { PollMode::Event } else { busy.mode },
+                    ..busy
+                },
+            );
+            let hw = transport_bench(
+                "rdma",
+                label,
+                transport,
+                ep(Scheme::Rdma),
+                args.iterations,
+                &args.sizes,
+            )
+            .await?;
+            print_ratios(
+                "rdma",
+                &tcp,
+                &hw,
+                if emulated {
+                    "  [emulated: not a performance result]"
+                } else {
+                    ""
+                },
+            );
+        }
+    }
+    Ok(())
 }
 
 fn sim_line(mode: &str, size: usize, r: &sim::SimResult) {
@@ -147,69 +289,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = rt.block_on(async {
         match args.command.as_str() {
-            "transport" => {
-                println!("# rdmq-bench transport: one connection, client and server in one current-thread runtime");
-                println!("# {}", machine_line());
-                println!(
-                    "# {} measured calls per size after {} warm-up calls; pipelined = 64 calls outstanding",
-                    args.iterations,
-                    args.iterations / 10
-                );
-                let run = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
-                let tcp = if !run("tcp") { Vec::new() } else { transport_bench(
-                    "tcp",
-                    "TCP loopback baseline, measured",
-                    TcpTransport::default(),
-                    Endpoint::tcp("127.0.0.1", 0),
-                    args.iterations,
-                )
-                .await? };
-                if !run("rdma-sim") {
-                    return Ok(());
-                }
-                let sim_transport = RdmaTransport::new(
-                    SimOpener::default(),
-                    TcpTransport::default(),
-                    RdmaConfig {
-                        mode: PollMode::BusyPoll {
-                            spin: std::time::Duration::from_millis(5),
-                        },
-                        fallback_to_tcp: false,
-                        ..RdmaConfig::default()
-                    },
-                );
-                let fabric = rdma_sim::Fabric::global();
-                let nic0 = fabric.stats().total();
-                let cpu0 = rdmq_bench::report::process_cpu_time();
-                let sim = transport_bench(
-                    "rdma-sim",
-                    "simulated NIC, busy-poll",
-                    sim_transport,
-                    Endpoint {
-                        scheme: Scheme::RdmaSim,
-                        ..Endpoint::tcp("127.0.0.1", 0)
-                    },
-                    args.iterations,
-                )
-                .await?;
-                let nic = fabric.stats().total() - nic0;
-                let cpu = rdmq_bench::report::process_cpu_time() - cpu0;
-                println!(
-                    "# rdma-sim run: simulated NIC work {:.3} s of {:.3} s process CPU ({:.0}%)",
-                    nic.as_secs_f64(),
-                    cpu.as_secs_f64(),
-                    100.0 * nic.as_secs_f64() / cpu.as_secs_f64().max(1e-9)
-                );
-                for ((size, tp50, tp99, trate), (_, sp50, sp99, srate)) in tcp.iter().zip(&sim) {
-                    println!(
-                        "ratio rdma-sim/tcp {size:>5} B: p50 {:.2}x  p99 {:.2}x  pipelined throughput {:.2}x  (goals: p50 <= 0.5x, throughput >= 4x)",
-                        *sp50 as f64 / *tp50 as f64,
-                        *sp99 as f64 / *tp99 as f64,
-                        srate / trate
-                    );
-                }
-                Ok(())
-            }
+            "transport" => transport_command(&args).await,
             "sim" => sim_bench(args.iterations),
             "sim-peer" => {
                 sim::peer_main();

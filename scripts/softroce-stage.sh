@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The SoftRoCE stage, run where an RDMA device exists (the qemu guest of softroce-vm.sh, or a
+# host after softroce-up.sh): the device test suites, then a smoke bench of TCP vs rdma
+# round trips for 1 KiB bodies, in the same boot.
+#
+#   scripts/softroce-stage.sh TEST_BINARY BENCH_BINARY
+set -uo pipefail
+test_bin=$1
+bench_bin=$2
+echo "== RDMA devices: $(ibv_devices 2>/dev/null | tail -n +3 | awk '{print $1}' | xargs)"
+export RDMQ_RDMA_DEVICE=${RDMQ_RDMA_DEVICE:-rxe0}
+echo "== device test suites on $RDMQ_RDMA_DEVICE (serially: rxe drops completions under concurrency)"
+"$test_bin" --test-threads=1
+tests=$?
+echo "== smoke bench (label: emulated under qemu, not a performance result)"
+"$bench_bin" transport --only tcp,rdma --sizes 1024 --iterations 200
+bench=$?
+[ $tests -eq 0 ] && [ $bench -eq 0 ]
