@@ -240,3 +240,149 @@ impl conformance::Harness for Tcp {
         Endpoint::tcp("127.0.0.1", 0)
     }
 }
+
+mod handshake_failures {
+    use std::time::Instant;
+
+    use rdmq_transport::rdma::core::handshake::{HelloKind, HelloMsg, MESSAGE_LEN};
+    use rdmq_transport::{Listener, Transport, TransportError};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    fn sim_ep(port: u16) -> Endpoint {
+        Endpoint {
+            scheme: Scheme::RdmaSim,
+            ..Endpoint::tcp("127.0.0.1", port)
+        }
+    }
+
+    /// A fake server that reads the client's hello and then does `then` with the socket.
+    async fn fake_server(then: fn(TcpStream) -> tokio::task::JoinHandle<()>) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut hello = [0u8; MESSAGE_LEN];
+            let _ = s.read_exact(&mut hello).await;
+            then(s);
+        });
+        port
+    }
+
+    async fn client_error(port: u16) -> (TransportError, std::time::Duration) {
+        let h = SimRdma::event();
+        let started = Instant::now();
+        let err = h
+            .with(RdmaConfig::default())
+            .connect(&sim_ep(port))
+            .await
+            .unwrap_err();
+        (err, started.elapsed())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_closing_during_hello_is_a_prompt_typed_error() {
+        let port = fake_server(|s| tokio::spawn(async move { drop(s) })).await;
+        let (err, took) = client_error(port).await;
+        assert!(
+            matches!(&err, TransportError::Connect { reason, .. } if reason.contains("closed")),
+            "{err}"
+        );
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_magic_and_bad_version_replies_are_typed_errors() {
+        let port = fake_server(|mut s| {
+            tokio::spawn(async move {
+                let _ = s.write_all(&[b'X'; MESSAGE_LEN]).await;
+            })
+        })
+        .await;
+        let (err, _) = client_error(port).await;
+        assert!(
+            matches!(&err, TransportError::Connect { reason, .. } if reason.contains("magic")),
+            "{err}"
+        );
+        let port = fake_server(|mut s| {
+            tokio::spawn(async move {
+                let mut m = HelloMsg::bare(HelloKind::Accept).encode();
+                m[4..6].copy_from_slice(&99u16.to_be_bytes());
+                let _ = s.write_all(&m).await;
+            })
+        })
+        .await;
+        let (err, _) = client_error(port).await;
+        assert!(
+            matches!(&err, TransportError::Connect { reason, .. } if reason.contains("version 99")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_server_is_bounded_by_the_handshake_timeout() {
+        let port = fake_server(|s| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(s);
+            })
+        })
+        .await;
+        let h = SimRdma::event();
+        let t = RdmaTransport::new(
+            SimOpener::with_fabric(h.fabric.clone()),
+            TcpTransport::default(),
+            RdmaConfig {
+                handshake_timeout: Duration::from_millis(300),
+                ..RdmaConfig::default()
+            },
+        );
+        let started = Instant::now();
+        let err = t.connect(&sim_ep(port)).await.unwrap_err();
+        assert!(
+            matches!(&err, TransportError::Connect { reason, .. } if reason.contains("timed out")),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_that_break_the_handshake_do_not_hurt_the_listener() {
+        let h = SimRdma::event();
+        let t = h.with(RdmaConfig {
+            handshake_timeout: Duration::from_millis(500),
+            ..RdmaConfig::default()
+        });
+        let mut listener = t.bind(&sim_ep(0)).await.unwrap();
+        let port = listener.local_endpoint().port;
+        // Half a hello then close; a hello of an unknown version; a hello and silence.
+        let mut half = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        half.write_all(&HelloMsg::bare(HelloKind::Hello).encode()[..20])
+            .await
+            .unwrap();
+        drop(half);
+        let mut bad = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut m = HelloMsg::bare(HelloKind::Hello).encode();
+        m[4..6].copy_from_slice(&7u16.to_be_bytes());
+        bad.write_all(&m).await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            bad.read(&mut buf).await.unwrap_or(0),
+            0,
+            "server must close on a bad version"
+        );
+        let _silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        // A well-behaved client is still accepted, over RDMA.
+        let client =
+            tokio::spawn(async move { h.with(RdmaConfig::default()).connect(&sim_ep(port)).await });
+        let link = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rdmq_transport::Link::info(&link).transport, "rdma-sim");
+        let client = client.await.unwrap().unwrap();
+        assert_eq!(rdmq_transport::Link::info(&client).transport, "rdma-sim");
+    }
+}
