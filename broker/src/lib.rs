@@ -1,2 +1,8 @@
-//! rdmq-broker will own the storage engine (CommitLog, consume queues, Pop state, timers) and its
-//! remoting request handlers; it is filled by the broker issues.
+//! rdmq-broker: the storage broker. It owns the message store (segmented commit log with
+//! CRC-checked frames, consume queues, key index, checkpoint-based crash recovery, retention)
+//! and the remoting handlers that serve producers, consumers and the proxy over any
+//! [`Transport`](rdmq_transport::Transport).
+
+pub mod message;
+pub mod store;
+mod sys;

@@ -1,0 +1,873 @@
+//! The message store.
+//!
+//! - **Append** ([`Store::append`]): under one lock, messages get their queue offsets and
+//!   physical offsets and are encoded, with their frame CRC, into a pending buffer.
+//! - **Flush** (one thread): the pending buffer is written to the segment files in one write
+//!   per segment, fsynced (always in SYNC mode, periodically in ASYNC mode), then dispatched:
+//!   consume-queue and index entries become visible. Group commit falls out of this: every
+//!   append made while a batch is written goes into the next one.
+//! - **Acknowledge** ([`Store::wait_stored`]): SYNC waits for the fsync of the message,
+//!   ASYNC for its write to the page cache (it survives a process crash, not a power cut).
+//! - **Recover** ([`Store::open`]): consume queues and the index are loaded up to the last
+//!   checkpoint; the commit log is scanned from there with CRCs verified; a torn or corrupt
+//!   tail is cut off; records after the checkpoint are dispatched again.
+//! - **Read**: only written records are visible, so readers use the segment files alone.
+
+pub mod log;
+pub mod meta;
+pub mod queue;
+mod retention;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::message::{self, HostAddr, NewMessage, Properties};
+use log::{FRAME_HEADER, Segments};
+use meta::{Checkpoint, Offsets, TopicConfig};
+use queue::{ConsumeQueue, CqEntry, KeyIndex, Queues};
+
+pub use retention::RetentionConfig;
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// After fsync.
+    Sync,
+    /// After the write to the page cache; fsync every `interval`.
+    Async {
+        /// Time between fsyncs.
+        interval: Duration,
+    },
+}
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Root directory.
+    pub dir: PathBuf,
+    /// Commit log segment size.
+    pub segment_size: u64,
+    /// Acknowledgement policy.
+    pub flush: FlushMode,
+    /// This broker's address, stored in records and message ids.
+    pub store_host: HostAddr,
+    /// Largest message body.
+    pub max_body: usize,
+    /// Refuse appends when the store's file system has less free space than this.
+    pub min_free_bytes: u64,
+    /// Refuse appends when the commit log is larger than this.
+    pub max_log_bytes: Option<u64>,
+    /// Retention of old segments.
+    pub retention: RetentionConfig,
+    /// Time between checkpoints (consume queues and index made durable).
+    pub checkpoint_interval: Duration,
+}
+
+impl StoreConfig {
+    /// Defaults for a store in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_size: 1 << 30,
+            flush: FlushMode::Async {
+                interval: Duration::from_millis(500),
+            },
+            store_host: HostAddr::parse("127.0.0.1:10911"),
+            max_body: 4 << 20,
+            min_free_bytes: 64 << 20,
+            max_log_bytes: None,
+            retention: RetentionConfig::default(),
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The topic does not exist.
+    #[error("topic `{0}` does not exist")]
+    TopicNotFound(String),
+    /// The queue does not exist in the topic.
+    #[error("queue {queue} does not exist in topic `{topic}` ({queues} queues)")]
+    QueueNotFound {
+        /// Topic.
+        topic: String,
+        /// Queue asked for.
+        queue: i32,
+        /// Queues the topic has.
+        queues: u32,
+    },
+    /// The message is invalid.
+    #[error("{0}")]
+    Illegal(String),
+    /// The store refuses writes for now (disk full, or flushing fails).
+    #[error("store is not accepting writes: {0}")]
+    Busy(String),
+    /// An I/O error.
+    #[error("I/O error: {0}")]
+    Io(Arc<io::Error>),
+    /// The store is shutting down.
+    #[error("store is shutting down")]
+    ShuttingDown,
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        StoreError::Io(Arc::new(e))
+    }
+}
+
+/// Where an appended message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Queue.
+    pub queue_id: i32,
+    /// Logical offset in the queue.
+    pub queue_offset: i64,
+    /// Offset of the record's frame in the commit log.
+    pub phys: u64,
+    /// End of the frame.
+    pub end: u64,
+}
+
+struct Dispatch {
+    topic: String,
+    queue_id: i32,
+    queue_offset: i64,
+    entry: CqEntry,
+    keys: Vec<String>,
+}
+
+struct AppendState {
+    /// Next physical offset.
+    write_pos: u64,
+    /// Encoded frames not yet written, starting at `pending_start`.
+    pending: Vec<u8>,
+    pending_start: u64,
+    dispatch: Vec<Dispatch>,
+    /// Segment bases created by rolls within the pending range.
+    rolls: Vec<u64>,
+    /// End of the current segment.
+    segment_end: u64,
+    segment_base: u64,
+    next_offsets: HashMap<(String, i32), i64>,
+    /// Set while writes fail (e.g. the disk is full): appends are refused.
+    failure: Option<String>,
+    shutdown: bool,
+}
+
+pub(crate) struct Shared {
+    cfg: StoreConfig,
+    state: Mutex<AppendState>,
+    wake: Condvar,
+    segments: Segments,
+    queues: Queues,
+    index: KeyIndex,
+    written: watch::Sender<u64>,
+    durable: watch::Sender<u64>,
+    arrivals: watch::Sender<u64>,
+    topics: Mutex<HashMap<String, TopicConfig>>,
+    offsets: Mutex<Offsets>,
+    offsets_dirty: std::sync::atomic::AtomicBool,
+}
+
+/// The message store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    flusher: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.shared.cfg.dir)
+            .finish()
+    }
+}
+
+const TOPICS: &str = "topics.json";
+const OFFSETS: &str = "offsets.json";
+const CHECKPOINT: &str = "checkpoint.json";
+
+/// A frame's dispatch facts, read back from a record during recovery.
+fn dispatch_of(frame: &log::Frame) -> Option<Dispatch> {
+    let m = message::decode_record(&frame.record).ok()?;
+    let props = Properties::parse(&m.properties).ok()?;
+    Some(Dispatch {
+        entry: CqEntry {
+            phys: frame.offset,
+            size: frame.record.len() as u32,
+            tag_hash: message::tag_hash(props.tag()),
+        },
+        keys: index_keys(&props, m.store_host, frame.offset),
+        topic: m.topic,
+        queue_id: m.queue_id,
+        queue_offset: m.queue_offset,
+    })
+}
+
+fn index_keys(props: &Properties, store: HostAddr, phys: u64) -> Vec<String> {
+    let mut keys: Vec<String> = props.keys().map(str::to_owned).collect();
+    if let Some(id) = props.get(message::prop::UNIQ_KEY) {
+        keys.push(id.to_owned());
+    }
+    keys.push(message::offset_msg_id(store, phys as i64));
+    keys
+}
+
+impl Store {
+    /// Opens (creating or recovering) the store.
+    pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let checkpoint: Checkpoint = meta::load_json(&cfg.dir, CHECKPOINT)?.unwrap_or_default();
+        let topics: Vec<TopicConfig> = meta::load_json(&cfg.dir, TOPICS)?.unwrap_or_default();
+        let offsets: Offsets = meta::load_json(&cfg.dir, OFFSETS)?.unwrap_or_default();
+        let segments = Segments::open(&cfg.dir.join("commitlog"))?;
+        let queues = Queues::open(&cfg.dir.join("consumequeue"), checkpoint.offset)?;
+        let index = KeyIndex::open(&cfg.dir.join("index"), checkpoint.offset)?;
+        let started = Instant::now();
+        let mut recovered = 0u64;
+        let mut gaps = Vec::new();
+        let end = segments.scan(checkpoint.offset, |frame| {
+            let Some(d) = dispatch_of(&frame) else {
+                gaps.push(frame.offset);
+                return;
+            };
+            match queues.get_or_create(&d.topic, d.queue_id) {
+                Ok(q) => {
+                    if let Err(e) = q.push(d.queue_offset, d.entry) {
+                        gaps.push(frame.offset);
+                        tracing::error!(error = %e, "recovery");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "recovery: cannot open consume queue"),
+            }
+            for k in &d.keys {
+                index.add(k, frame.offset);
+            }
+            recovered += 1;
+        })?;
+        if !gaps.is_empty() {
+            tracing::error!(
+                count = gaps.len(),
+                "records that could not be dispatched during recovery"
+            );
+        }
+        let log_start = segments.bases().first().copied().unwrap_or(0);
+        let mut next_offsets = HashMap::new();
+        for ((topic, q), cq) in queues.all() {
+            cq.trim_below_phys(log_start);
+            next_offsets.insert((topic, q), cq.max_offset());
+        }
+        if segments.bases().is_empty() {
+            segments.create(end.end)?;
+        }
+        let (segment_base, segment_end) = match segments.segment_of(end.end) {
+            Some((base, _)) => (base, base + cfg.segment_size),
+            None => (end.end, end.end + cfg.segment_size),
+        };
+        tracing::info!(
+            dir = %cfg.dir.display(),
+            from = checkpoint.offset,
+            to = end.end,
+            records = recovered,
+            truncated = end.truncated,
+            took_ms = started.elapsed().as_millis() as u64,
+            "store recovered"
+        );
+        let shared = Arc::new(Shared {
+            state: Mutex::new(AppendState {
+                write_pos: end.end,
+                pending: Vec::with_capacity(1 << 20),
+                pending_start: end.end,
+                dispatch: Vec::new(),
+                rolls: Vec::new(),
+                segment_end,
+                segment_base,
+                next_offsets,
+                failure: None,
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            segments,
+            queues,
+            index,
+            written: watch::channel(end.end).0,
+            durable: watch::channel(end.end).0,
+            arrivals: watch::channel(0).0,
+            topics: Mutex::new(topics.into_iter().map(|t| (t.name.clone(), t)).collect()),
+            offsets: Mutex::new(offsets),
+            offsets_dirty: Default::default(),
+            cfg,
+        });
+        // Make the recovered state the new checkpoint before accepting writes.
+        checkpoint_now(&shared)?;
+        let s2 = shared.clone();
+        let flusher = std::thread::Builder::new()
+            .name("rdmq-store-flush".into())
+            .spawn(move || flush_loop(s2))?;
+        Ok(Store {
+            shared,
+            flusher: Arc::new(Mutex::new(Some(flusher))),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.shared.cfg
+    }
+
+    fn state(&self) -> MutexGuard<'_, AppendState> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ----- topics -------------------------------------------------------------------------------
+
+    /// The topic's configuration.
+    pub fn topic(&self, name: &str) -> Option<TopicConfig> {
+        self.shared
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every topic.
+    pub fn topics(&self) -> Vec<TopicConfig> {
+        let mut v: Vec<_> = self
+            .shared
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Creates or updates a topic, durably.
+    pub fn put_topic(&self, topic: TopicConfig) -> Result<(), StoreError> {
+        validate_topic_name(&topic.name)?;
+        if topic.queues() == 0 || topic.queues() > 1024 {
+            return Err(StoreError::Illegal(format!(
+                "topic `{}` must have between 1 and 1024 queues",
+                topic.name
+            )));
+        }
+        let mut topics = self.shared.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics.insert(topic.name.clone(), topic);
+        let all: Vec<&TopicConfig> = topics.values().collect();
+        meta::save_json(&self.shared.cfg.dir, TOPICS, &all)?;
+        Ok(())
+    }
+
+    // ----- append -------------------------------------------------------------------------------
+
+    /// Appends messages (of one or more topics) and returns where they went. They become
+    /// readable, and may be acknowledged, once [`Store::wait_stored`] returns.
+    pub fn append(&self, msgs: &[NewMessage]) -> Result<Vec<Placement>, StoreError> {
+        let cfg = &self.shared.cfg;
+        let mut checked = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let topic = self
+                .topic(&m.topic)
+                .ok_or_else(|| StoreError::TopicNotFound(m.topic.clone()))?;
+            if m.queue_id < 0 || m.queue_id as u32 >= topic.queues() {
+                return Err(StoreError::QueueNotFound {
+                    topic: m.topic.clone(),
+                    queue: m.queue_id,
+                    queues: topic.queues(),
+                });
+            }
+            if m.body.len() > cfg.max_body {
+                return Err(StoreError::Illegal(format!(
+                    "message body of {} bytes exceeds the maximum of {}",
+                    m.body.len(),
+                    cfg.max_body
+                )));
+            }
+            if m.properties.len() > u16::MAX as usize {
+                return Err(StoreError::Illegal(
+                    "properties longer than 65535 bytes".into(),
+                ));
+            }
+            let props = Properties::parse(&m.properties)
+                .map_err(|e| StoreError::Illegal(format!("invalid properties: {e}")))?;
+            checked.push(props);
+        }
+        self.check_space()?;
+        let now = now_ms();
+        let mut st = self.state();
+        if st.shutdown {
+            return Err(StoreError::ShuttingDown);
+        }
+        if let Some(f) = &st.failure {
+            return Err(StoreError::Busy(f.clone()));
+        }
+        let mut out = Vec::with_capacity(msgs.len());
+        for (m, props) in msgs.iter().zip(&checked) {
+            let rec_len = message::record_len(m) as u64;
+            let frame_len = FRAME_HEADER + rec_len;
+            if frame_len > cfg.segment_size {
+                return Err(StoreError::Illegal(format!(
+                    "message of {frame_len} bytes does not fit a {}-byte segment",
+                    cfg.segment_size
+                )));
+            }
+            if st.write_pos + frame_len > st.segment_end {
+                let base = st.write_pos;
+                st.rolls.push(base);
+                st.segment_base = base;
+                st.segment_end = base + cfg.segment_size;
+            }
+            let key = (m.topic.clone(), m.queue_id);
+            let qoff = match st.next_offsets.get(&key) {
+                Some(o) => *o,
+                None => self
+                    .shared
+                    .queues
+                    .get(&m.topic, m.queue_id)
+                    .map(|q| q.max_offset())
+                    .unwrap_or(0),
+            };
+            st.next_offsets.insert(key, qoff + 1);
+            let phys = st.write_pos;
+            let at = st.pending.len();
+            st.pending.extend_from_slice(&[0u8; FRAME_HEADER as usize]);
+            message::encode_record(m, qoff, phys as i64, now, cfg.store_host, &mut st.pending);
+            let header = log::frame_header(&st.pending[at + FRAME_HEADER as usize..]);
+            st.pending[at..at + FRAME_HEADER as usize].copy_from_slice(&header);
+            st.write_pos += frame_len;
+            st.dispatch.push(Dispatch {
+                topic: m.topic.clone(),
+                queue_id: m.queue_id,
+                queue_offset: qoff,
+                entry: CqEntry {
+                    phys,
+                    size: rec_len as u32,
+                    tag_hash: message::tag_hash(props.tag()),
+                },
+                keys: index_keys(props, cfg.store_host, phys),
+            });
+            out.push(Placement {
+                queue_id: m.queue_id,
+                queue_offset: qoff,
+                phys,
+                end: phys + frame_len,
+            });
+        }
+        drop(st);
+        self.shared.wake.notify_one();
+        Ok(out)
+    }
+
+    fn check_space(&self) -> Result<(), StoreError> {
+        let cfg = &self.shared.cfg;
+        if let Some(max) = cfg.max_log_bytes {
+            let used = self.state().write_pos - self.log_start();
+            if used >= max {
+                return Err(StoreError::Busy(format!(
+                    "disk full: the commit log holds {used} bytes, its limit is {max}"
+                )));
+            }
+        }
+        if let Some(free) = crate::sys::free_bytes(&cfg.dir)
+            && free < cfg.min_free_bytes
+        {
+            return Err(StoreError::Busy(format!(
+                "disk full: {free} bytes free under {}, at least {} required",
+                cfg.dir.display(),
+                cfg.min_free_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until everything up to `end` is stored per the flush policy (fsynced in SYNC
+    /// mode, written in ASYNC mode), at most `timeout`.
+    pub async fn wait_stored(&self, end: u64, timeout: Duration) -> Result<(), StoreError> {
+        let mut rx = match self.shared.cfg.flush {
+            FlushMode::Sync => self.shared.durable.subscribe(),
+            FlushMode::Async { .. } => self.shared.written.subscribe(),
+        };
+        match tokio::time::timeout(timeout, rx.wait_for(|v| *v >= end)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::ShuttingDown),
+            Err(_) => {
+                let failure = self.state().failure.clone();
+                Err(StoreError::Busy(failure.unwrap_or_else(|| {
+                    format!("flush did not complete within {timeout:?}")
+                })))
+            }
+        }
+    }
+
+    /// Appends and waits until stored.
+    pub async fn put(&self, msgs: &[NewMessage]) -> Result<Vec<Placement>, StoreError> {
+        let placed = self.append(msgs)?;
+        if let Some(last) = placed.last() {
+            self.wait_stored(last.end, Duration::from_secs(10)).await?;
+        }
+        Ok(placed)
+    }
+
+    // ----- read ---------------------------------------------------------------------------------
+
+    /// First commit log offset still stored.
+    pub fn log_start(&self) -> u64 {
+        self.shared.segments.bases().first().copied().unwrap_or(0)
+    }
+
+    /// The consume queue of `topic`/`queue`.
+    pub fn queue(&self, topic: &str, queue: i32) -> Option<Arc<ConsumeQueue>> {
+        self.shared.queues.get(topic, queue)
+    }
+
+    /// First and one-past-last readable logical offsets of a queue.
+    pub fn offsets(&self, topic: &str, queue: i32) -> (i64, i64) {
+        match self.queue(topic, queue) {
+            Some(q) => (q.min_offset(), q.max_offset()),
+            None => (0, 0),
+        }
+    }
+
+    /// The record of the frame at `phys` (checked against its CRC, so an offset that is not
+    /// the start of a frame is refused).
+    pub fn read_frame(&self, phys: u64) -> Result<Bytes, StoreError> {
+        let missing = || StoreError::Illegal(format!("no message at commit log offset {phys}"));
+        if phys >= *self.shared.written.borrow() || phys < self.log_start() {
+            return Err(missing());
+        }
+        self.shared
+            .segments
+            .read_frame(phys)
+            .map(|f| f.record)
+            .map_err(|_| missing())
+    }
+
+    /// The record of a consume-queue entry.
+    pub fn read_entry(&self, e: &CqEntry) -> Result<Bytes, StoreError> {
+        Ok(self.shared.segments.read_record(e.phys, e.size)?)
+    }
+
+    /// Offsets of records indexed under `key` (message id, UNIQ_KEY or a key).
+    pub fn lookup(&self, key: &str) -> Vec<u64> {
+        let start = self.log_start();
+        self.shared
+            .index
+            .lookup(key)
+            .into_iter()
+            .filter(|o| *o >= start)
+            .collect()
+    }
+
+    /// The first logical offset whose store time is at or after `ts` (ms), or the queue's
+    /// max offset.
+    pub fn search_offset_by_time(
+        &self,
+        topic: &str,
+        queue: i32,
+        ts: i64,
+    ) -> Result<i64, StoreError> {
+        let Some(q) = self.queue(topic, queue) else {
+            return Ok(0);
+        };
+        let (mut lo, mut hi) = (q.min_offset(), q.max_offset());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some(e) = q.entry(mid) else { break };
+            let rec = self.read_entry(&e)?;
+            let stored = store_timestamp(&rec);
+            if stored < ts {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// A counter bumped whenever new messages become readable (for long polling).
+    pub fn arrivals(&self) -> watch::Receiver<u64> {
+        self.shared.arrivals.subscribe()
+    }
+
+    // ----- consumer offsets ---------------------------------------------------------------------
+
+    /// The committed offset of `group` on a queue.
+    pub fn committed_offset(&self, group: &str, topic: &str, queue: i32) -> Option<i64> {
+        self.shared
+            .offsets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)?
+            .get(&meta::queue_key(topic, queue))
+            .copied()
+    }
+
+    /// Commits `offset` for `group` (persisted at the next checkpoint).
+    pub fn commit_offset(&self, group: &str, topic: &str, queue: i32, offset: i64) {
+        self.shared
+            .offsets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(group.to_owned())
+            .or_default()
+            .insert(meta::queue_key(topic, queue), offset);
+        self.shared
+            .offsets_dirty
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    // ----- lifecycle ----------------------------------------------------------------------------
+
+    /// Flushes everything, writes a checkpoint and stops the flusher.
+    pub fn shutdown(&self) {
+        self.state().shutdown = true;
+        self.shared.wake.notify_all();
+        if let Some(h) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = h.join();
+        }
+    }
+
+    /// Deletes expired segments now (also runs periodically).
+    pub fn enforce_retention(&self) -> Result<usize, StoreError> {
+        retention::enforce(self)
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = self.queues.all().iter().try_for_each(|(_, q)| q.flush());
+    }
+}
+
+fn store_timestamp(record: &[u8]) -> i64 {
+    // totalSize 4, magic 4, bodyCRC 4, queueId 4, flag 4, queueOffset 8, physicalOffset 8,
+    // sysFlag 4, bornTimestamp 8, bornHost 8 (IPv4) → storeTimestamp at 56.
+    let sys_flag = i32::from_be_bytes(record[36..40].try_into().expect("4 bytes"));
+    let at = if sys_flag & message::SYSFLAG_BORN_V6 != 0 {
+        68
+    } else {
+        56
+    };
+    i64::from_be_bytes(record[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Topic names: 1–255 characters of `[A-Za-z0-9_%|-]`.
+pub fn validate_topic_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(StoreError::Illegal(format!(
+            "topic name must be 1 to 255 characters, got {}",
+            name.len()
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '%' | '|')))
+    {
+        return Err(StoreError::Illegal(format!(
+            "topic name `{name}` contains `{c}`; allowed are letters, digits, `_`, `-`, `%` and `|`"
+        )));
+    }
+    Ok(())
+}
+
+/// The flusher: write, fsync per policy, dispatch, publish watermarks, checkpoint.
+fn flush_loop(sh: Arc<Shared>) {
+    let mut last_sync = Instant::now();
+    let mut last_checkpoint = Instant::now();
+    let mut retry_delay = Duration::from_millis(10);
+    loop {
+        let (batch, start, dispatch, rolls, shutdown) = {
+            let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+            let tick = match sh.cfg.flush {
+                FlushMode::Async { interval } => interval.min(sh.cfg.checkpoint_interval),
+                FlushMode::Sync => sh.cfg.checkpoint_interval,
+            };
+            if st.pending.is_empty() && !st.shutdown {
+                st = sh
+                    .wake
+                    .wait_timeout(st, tick)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let start = st.pending_start;
+            let batch = std::mem::replace(&mut st.pending, Vec::with_capacity(1 << 20));
+            st.pending_start = st.write_pos;
+            (
+                batch,
+                start,
+                std::mem::take(&mut st.dispatch),
+                std::mem::take(&mut st.rolls),
+                st.shutdown,
+            )
+        };
+        if !batch.is_empty() {
+            // Write, retrying while it fails (disk full): nothing here is acknowledged yet, and
+            // new appends are refused until it succeeds.
+            loop {
+                match write_batch(&sh, start, &batch, &rolls) {
+                    Ok(()) => {
+                        sh.state.lock().unwrap_or_else(|p| p.into_inner()).failure = None;
+                        retry_delay = Duration::from_millis(10);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "commit log write failed; retrying");
+                        sh.state.lock().unwrap_or_else(|p| p.into_inner()).failure =
+                            Some(format!("commit log write failed: {e}"));
+                        std::thread::sleep(retry_delay);
+                        retry_delay = (retry_delay * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            let end = start + batch.len() as u64;
+            if sh.cfg.flush == FlushMode::Sync {
+                if let Err(e) = sync_log(&sh, start, end) {
+                    tracing::error!(error = %e, "fsync failed");
+                }
+                last_sync = Instant::now();
+            }
+            for d in dispatch {
+                match sh.queues.get_or_create(&d.topic, d.queue_id) {
+                    Ok(q) => {
+                        if let Err(e) = q.push(d.queue_offset, d.entry) {
+                            tracing::error!(error = %e, "dispatch");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "dispatch: cannot open consume queue"),
+                }
+                for k in &d.keys {
+                    sh.index.add(k, d.entry.phys);
+                }
+            }
+            sh.written.send_replace(end);
+            if sh.cfg.flush == FlushMode::Sync {
+                sh.durable.send_replace(end);
+            }
+            sh.arrivals.send_modify(|v| *v += 1);
+        }
+        if let FlushMode::Async { interval } = sh.cfg.flush
+            && (last_sync.elapsed() >= interval || shutdown)
+        {
+            let written = *sh.written.borrow();
+            if written > *sh.durable.borrow() {
+                if let Err(e) = sync_log(&sh, *sh.durable.borrow(), written) {
+                    tracing::error!(error = %e, "fsync failed");
+                } else {
+                    sh.durable.send_replace(written);
+                }
+            }
+            last_sync = Instant::now();
+        }
+        if last_checkpoint.elapsed() >= sh.cfg.checkpoint_interval || shutdown {
+            if let Err(e) = checkpoint_now(&sh) {
+                tracing::error!(error = %e, "checkpoint failed");
+            }
+            if let Err(e) = retention::enforce_shared(&sh) {
+                tracing::error!(error = %e, "retention failed");
+            }
+            last_checkpoint = Instant::now();
+        }
+        if shutdown {
+            let st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.pending.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// Writes a batch starting at `start`, one write per segment it covers (`rolls` are the
+/// segments the batch starts).
+fn write_batch(sh: &Shared, start: u64, batch: &[u8], rolls: &[u64]) -> io::Result<()> {
+    let end = start + batch.len() as u64;
+    let mut pos = start;
+    while pos < end {
+        let next = rolls
+            .iter()
+            .copied()
+            .filter(|r| *r > pos && *r < end)
+            .min()
+            .unwrap_or(end);
+        let base = if rolls.contains(&pos) {
+            pos
+        } else {
+            sh.segments
+                .segment_of(pos)
+                .map(|(b, _)| b)
+                .ok_or_else(|| io::Error::other(format!("no segment for offset {pos}")))?
+        };
+        let chunk = &batch[(pos - start) as usize..(next - start) as usize];
+        sh.segments.write_at(base, pos, chunk)?;
+        pos = next;
+    }
+    Ok(())
+}
+
+/// fdatasync of every segment holding bytes in `from..to`.
+fn sync_log(sh: &Shared, from: u64, to: u64) -> io::Result<()> {
+    let bases = sh.segments.bases();
+    for (i, base) in bases.iter().enumerate() {
+        let seg_end = bases.get(i + 1).copied().unwrap_or(u64::MAX);
+        if *base <= to && seg_end > from {
+            sh.segments.sync(*base)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes consume queues, index, offsets and the log durable up to what is written, then
+/// records that point as the checkpoint.
+fn checkpoint_now(sh: &Shared) -> io::Result<()> {
+    let written = *sh.written.borrow();
+    sync_log(sh, sh.log_start_of(), written)?;
+    for (_, q) in sh.queues.all() {
+        q.flush()?;
+        q.sync()?;
+    }
+    sh.index.flush()?;
+    sh.index.sync()?;
+    if sh
+        .offsets_dirty
+        .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        let offsets = sh.offsets.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        meta::save_json(&sh.cfg.dir, OFFSETS, &offsets)?;
+    }
+    meta::save_json(&sh.cfg.dir, CHECKPOINT, &Checkpoint { offset: written })
+}
+
+impl Shared {
+    fn log_start_of(&self) -> u64 {
+        self.segments.bases().first().copied().unwrap_or(0)
+    }
+}

@@ -1,0 +1,380 @@
+//! Consume queues and the key index, both built from the commit log by the dispatcher.
+//!
+//! A consume queue (`consumequeue/<topic>/<queue>`) holds fixed 20-byte entries
+//! (`commit log offset u64 | record size u32 | tag hash i64`); entry *i* is logical offset *i*.
+//! Retention moves a queue's first live offset forward in memory; files are never rewritten.
+//! The key index (`index/keys`) holds `hash u64 | commit log offset u64` pairs for message ids
+//! and keys; lookups re-check the record, so hash collisions are harmless.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Bytes per consume-queue entry.
+pub const CQ_ENTRY: u64 = 20;
+
+/// One consume-queue entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CqEntry {
+    /// Offset of the record's frame in the commit log.
+    pub phys: u64,
+    /// Record size.
+    pub size: u32,
+    /// Hash of the tag (Java `String.hashCode`), 0 without a tag.
+    pub tag_hash: i64,
+}
+
+impl CqEntry {
+    fn encode(&self) -> [u8; CQ_ENTRY as usize] {
+        let mut b = [0u8; CQ_ENTRY as usize];
+        b[..8].copy_from_slice(&self.phys.to_be_bytes());
+        b[8..12].copy_from_slice(&self.size.to_be_bytes());
+        b[12..].copy_from_slice(&self.tag_hash.to_be_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> CqEntry {
+        CqEntry {
+            phys: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+            size: u32::from_be_bytes(b[8..12].try_into().expect("4 bytes")),
+            tag_hash: i64::from_be_bytes(b[12..20].try_into().expect("8 bytes")),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CqData {
+    /// Logical offset of `entries[0]`.
+    first: i64,
+    entries: VecDeque<CqEntry>,
+    /// Entries written to the file.
+    in_file: u64,
+}
+
+/// The consume queue of one topic queue.
+#[derive(Debug)]
+pub struct ConsumeQueue {
+    data: RwLock<CqData>,
+    file: File,
+}
+
+impl ConsumeQueue {
+    fn open(path: &Path, checkpoint: u64) -> io::Result<ConsumeQueue> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let len = file.metadata()?.len() / CQ_ENTRY;
+        let mut raw = vec![0u8; (len * CQ_ENTRY) as usize];
+        file.read_exact_at(&mut raw, 0)?;
+        let mut entries: VecDeque<CqEntry> = raw
+            .chunks_exact(CQ_ENTRY as usize)
+            .map(CqEntry::decode)
+            .collect();
+        // Entries at or after the checkpoint may be partial or point at a torn tail: the
+        // dispatcher re-creates them from the commit log.
+        while entries.back().is_some_and(|e| e.phys >= checkpoint) {
+            entries.pop_back();
+        }
+        file.set_len(entries.len() as u64 * CQ_ENTRY)?;
+        Ok(ConsumeQueue {
+            data: RwLock::new(CqData {
+                first: 0,
+                in_file: entries.len() as u64,
+                entries,
+            }),
+            file,
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, CqData> {
+        self.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CqData> {
+        self.data.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// First live logical offset.
+    pub fn min_offset(&self) -> i64 {
+        self.read().first
+    }
+
+    /// One past the last logical offset (the next one to be assigned once visible).
+    pub fn max_offset(&self) -> i64 {
+        let d = self.read();
+        d.first + d.entries.len() as i64
+    }
+
+    /// Entries from logical `offset`, at most `max`.
+    pub fn entries_from(&self, offset: i64, max: usize) -> Vec<(i64, CqEntry)> {
+        let d = self.read();
+        if offset < d.first {
+            return Vec::new();
+        }
+        let start = (offset - d.first) as usize;
+        d.entries
+            .iter()
+            .skip(start)
+            .take(max)
+            .enumerate()
+            .map(|(i, e)| (offset + i as i64, *e))
+            .collect()
+    }
+
+    /// The entry at logical `offset`.
+    pub fn entry(&self, offset: i64) -> Option<CqEntry> {
+        let d = self.read();
+        if offset < d.first {
+            return None;
+        }
+        d.entries.get((offset - d.first) as usize).copied()
+    }
+
+    /// Appends the entry for logical `offset` (dispatch); ignores entries already present.
+    pub fn push(&self, offset: i64, e: CqEntry) -> Result<(), String> {
+        let mut d = self.write();
+        let next = d.first + d.entries.len() as i64;
+        if offset < next {
+            return Ok(());
+        }
+        if offset > next {
+            return Err(format!(
+                "consume queue gap: entry {offset} where {next} was expected"
+            ));
+        }
+        d.entries.push_back(e);
+        Ok(())
+    }
+
+    /// Writes entries not yet in the file.
+    pub fn flush(&self) -> io::Result<()> {
+        let (from, bytes) = {
+            let d = self.read();
+            let total = d.first as u64 + d.entries.len() as u64;
+            if d.in_file >= total {
+                return Ok(());
+            }
+            let skip = (d.in_file - d.first as u64) as usize;
+            let mut bytes = Vec::with_capacity((total - d.in_file) as usize * CQ_ENTRY as usize);
+            for e in d.entries.iter().skip(skip) {
+                bytes.extend_from_slice(&e.encode());
+            }
+            (d.in_file, bytes)
+        };
+        self.file.write_all_at(&bytes, from * CQ_ENTRY)?;
+        let mut d = self.write();
+        d.in_file = d.in_file.max(from + bytes.len() as u64 / CQ_ENTRY);
+        Ok(())
+    }
+
+    /// fsync.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Drops entries before logical `offset` (retention). Only entries already in the file
+    /// are dropped, so file positions stay aligned with logical offsets.
+    pub fn trim_before(&self, offset: i64) {
+        let mut d = self.write();
+        let limit = offset.min(d.in_file as i64);
+        while d.first < limit && !d.entries.is_empty() {
+            d.entries.pop_front();
+            d.first += 1;
+        }
+    }
+
+    /// Drops entries whose records lie below commit-log offset `log_start`.
+    pub fn trim_below_phys(&self, log_start: u64) -> i64 {
+        let mut d = self.write();
+        while d.first < d.in_file as i64 && d.entries.front().is_some_and(|e| e.phys < log_start) {
+            d.entries.pop_front();
+            d.first += 1;
+        }
+        d.first
+    }
+
+    /// The record offset of the first live entry.
+    pub fn first_phys(&self) -> Option<u64> {
+        self.read().entries.front().map(|e| e.phys)
+    }
+}
+
+/// All consume queues.
+#[derive(Debug)]
+pub struct Queues {
+    dir: PathBuf,
+    checkpoint: u64,
+    map: RwLock<HashMap<(String, i32), Arc<ConsumeQueue>>>,
+}
+
+impl Queues {
+    /// Opens every consume queue under `dir`, dropping entries at or after `checkpoint`.
+    pub fn open(dir: &Path, checkpoint: u64) -> io::Result<Queues> {
+        std::fs::create_dir_all(dir)?;
+        let mut map = HashMap::new();
+        for topic in std::fs::read_dir(dir)? {
+            let topic = topic?;
+            if !topic.file_type()?.is_dir() {
+                continue;
+            }
+            let name = topic.file_name().to_string_lossy().into_owned();
+            for q in std::fs::read_dir(topic.path())? {
+                let q = q?;
+                let Some(id) = q.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                    continue;
+                };
+                map.insert(
+                    (name.clone(), id),
+                    Arc::new(ConsumeQueue::open(&q.path(), checkpoint)?),
+                );
+            }
+        }
+        Ok(Queues {
+            dir: dir.to_owned(),
+            checkpoint,
+            map: RwLock::new(map),
+        })
+    }
+
+    /// The queue, if it exists.
+    pub fn get(&self, topic: &str, queue: i32) -> Option<Arc<ConsumeQueue>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(topic.to_owned(), queue))
+            .cloned()
+    }
+
+    /// The queue, created if needed.
+    pub fn get_or_create(&self, topic: &str, queue: i32) -> io::Result<Arc<ConsumeQueue>> {
+        if let Some(q) = self.get(topic, queue) {
+            return Ok(q);
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = map.get(&(topic.to_owned(), queue)) {
+            return Ok(q.clone());
+        }
+        let tdir = self.dir.join(topic);
+        std::fs::create_dir_all(&tdir)?;
+        let q = Arc::new(ConsumeQueue::open(
+            &tdir.join(queue.to_string()),
+            self.checkpoint,
+        )?);
+        map.insert((topic.to_owned(), queue), q.clone());
+        Ok(q)
+    }
+
+    /// Every queue.
+    pub fn all(&self) -> Vec<((String, i32), Arc<ConsumeQueue>)> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// A fixed hasher for index keys (stable across restarts).
+fn key_hash(key: &str) -> u64 {
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    h.write(key.as_bytes());
+    h.finish()
+}
+
+/// Key hash → commit log offsets, plus the encoded entries not yet written.
+type IndexState = (HashMap<u64, Vec<u64>>, Vec<u8>);
+
+/// Message ids and keys → commit log offsets.
+#[derive(Debug)]
+pub struct KeyIndex {
+    map: Mutex<IndexState>,
+    file: File,
+    in_file: Mutex<u64>,
+}
+
+impl KeyIndex {
+    /// Opens `dir/keys`, dropping entries at or after `checkpoint`.
+    pub fn open(dir: &Path, checkpoint: u64) -> io::Result<KeyIndex> {
+        std::fs::create_dir_all(dir)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("keys"))?;
+        let len = file.metadata()?.len() / 16;
+        let mut raw = vec![0u8; (len * 16) as usize];
+        file.read_exact_at(&mut raw, 0)?;
+        let mut map: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut kept = 0u64;
+        for e in raw.chunks_exact(16) {
+            let h = u64::from_be_bytes(e[..8].try_into().expect("8 bytes"));
+            let off = u64::from_be_bytes(e[8..].try_into().expect("8 bytes"));
+            if off >= checkpoint {
+                break;
+            }
+            map.entry(h).or_default().push(off);
+            kept += 1;
+        }
+        file.set_len(kept * 16)?;
+        Ok(KeyIndex {
+            map: Mutex::new((map, Vec::new())),
+            file,
+            in_file: Mutex::new(kept),
+        })
+    }
+
+    /// Indexes `key` → `phys`.
+    pub fn add(&self, key: &str, phys: u64) {
+        let h = key_hash(key);
+        let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.entry(h).or_default().push(phys);
+        g.1.extend_from_slice(&h.to_be_bytes());
+        g.1.extend_from_slice(&phys.to_be_bytes());
+    }
+
+    /// Candidate offsets for `key` (check the record: hashes may collide).
+    pub fn lookup(&self, key: &str) -> Vec<u64> {
+        let g = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.get(&key_hash(key)).cloned().unwrap_or_default()
+    }
+
+    /// Writes pending entries.
+    pub fn flush(&self) -> io::Result<()> {
+        let pending = {
+            let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut g.1)
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut at = self.in_file.lock().unwrap_or_else(|p| p.into_inner());
+        self.file.write_all_at(&pending, *at * 16)?;
+        *at += pending.len() as u64 / 16;
+        Ok(())
+    }
+
+    /// fsync.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Forgets offsets below `log_start` (their segments were deleted).
+    pub fn forget_below(&self, log_start: u64) {
+        let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.retain(|_, offs| {
+            offs.retain(|o| *o >= log_start);
+            !offs.is_empty()
+        });
+    }
+}

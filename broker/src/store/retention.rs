@@ -1,0 +1,115 @@
+//! Retention: whole sealed segments are deleted, oldest first, once they are older than the
+//! broker's maximum age (file modification time, as RocketMQ does) or the log exceeds its
+//! maximum size; consume queues and the index then forget what pointed into them. Topics may
+//! keep less: their own age and size limits move their queues' first offsets forward.
+
+use std::time::{Duration, SystemTime};
+
+use super::{Shared, Store, StoreError, now_ms, store_timestamp};
+
+/// Broker-wide retention.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// Delete sealed segments older than this.
+    pub max_age: Option<Duration>,
+    /// Delete sealed segments, oldest first, while the log is larger than this.
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age: Some(Duration::from_secs(72 * 3600)),
+            max_bytes: None,
+        }
+    }
+}
+
+pub(super) fn enforce(store: &Store) -> Result<usize, StoreError> {
+    enforce_shared(store.shared())
+}
+
+pub(super) fn enforce_shared(sh: &Shared) -> Result<usize, StoreError> {
+    let cfg = &sh.cfg.retention;
+    let bases = sh.segments.bases();
+    let mut deleted = 0;
+    // The newest segment is the one being written: never deleted.
+    for base in bases.iter().take(bases.len().saturating_sub(1)) {
+        let too_old = cfg.max_age.is_some_and(|age| {
+            sh.segments
+                .modified(*base)
+                .is_some_and(|m| SystemTime::now().duration_since(m).unwrap_or_default() > age)
+        });
+        let too_big = cfg
+            .max_bytes
+            .is_some_and(|max| sh.segments.total_bytes() > max);
+        if !(too_old || too_big) {
+            break;
+        }
+        sh.segments.delete(*base)?;
+        tracing::info!(
+            segment = base,
+            too_old,
+            too_big,
+            "retention deleted a commit log segment"
+        );
+        deleted += 1;
+    }
+    let log_start = sh.log_start_of();
+    if deleted > 0 {
+        for (_, q) in sh.queues.all() {
+            // Trimming only drops entries already in the file (offsets stay aligned).
+            q.flush()?;
+            q.trim_below_phys(log_start);
+        }
+        sh.index.forget_below(log_start);
+    }
+    // Per-topic limits.
+    let topics: Vec<_> = sh
+        .topics
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter(|t| t.retention_ms.is_some() || t.retention_bytes.is_some())
+        .cloned()
+        .collect();
+    for t in topics {
+        for ((name, _), q) in sh.queues.all() {
+            if name != t.name {
+                continue;
+            }
+            q.flush()?;
+            if let Some(ms) = t.retention_ms {
+                let cutoff = now_ms() - ms as i64;
+                for _ in 0..100_000 {
+                    let first = q.min_offset();
+                    let Some(e) = q.entry(first) else { break };
+                    let Ok(rec) = sh.segments.read_record(e.phys, e.size) else {
+                        break;
+                    };
+                    if store_timestamp(&rec) >= cutoff {
+                        break;
+                    }
+                    q.trim_before(first + 1);
+                    if q.min_offset() == first {
+                        break;
+                    }
+                }
+            }
+            if let Some(max) = t.retention_bytes {
+                let entries = q.entries_from(q.min_offset(), usize::MAX);
+                let mut total: u64 = entries.iter().map(|(_, e)| e.size as u64).sum();
+                let mut cut = q.min_offset();
+                for (off, e) in &entries {
+                    if total <= max {
+                        break;
+                    }
+                    total -= e.size as u64;
+                    cut = off + 1;
+                }
+                q.trim_before(cut);
+            }
+        }
+    }
+    Ok(deleted)
+}

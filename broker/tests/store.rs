@@ -1,0 +1,370 @@
+//! The message store on real files: appends and reads, SYNC and ASYNC acknowledgement,
+//! recovery from the checkpoint with CRC checks, torn and corrupt tails, segment rolls,
+//! retention, the key index, time search and a full disk.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdmq_broker::message::{self, HostAddr, NewMessage};
+use rdmq_broker::store::meta::TopicConfig;
+use rdmq_broker::store::{FlushMode, RetentionConfig, Store, StoreConfig, StoreError};
+
+fn tmp() -> tempdir::TempDir {
+    tempdir::TempDir::new()
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct TempDir(pub std::path::PathBuf);
+    impl TempDir {
+        pub fn new() -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "rdmq-store-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn cfg(dir: &Path, flush: FlushMode) -> StoreConfig {
+    StoreConfig {
+        flush,
+        min_free_bytes: 0,
+        ..StoreConfig::new(dir)
+    }
+}
+
+fn msg(topic: &str, queue: i32, i: usize, len: usize) -> NewMessage {
+    NewMessage {
+        topic: topic.into(),
+        queue_id: queue,
+        flag: 0,
+        sys_flag: 0,
+        born_timestamp: 1,
+        born_host: HostAddr::parse("10.1.2.3:4567"),
+        reconsume_times: 0,
+        properties: format!(
+            "TAGS\u{1}t{}\u{2}KEYS\u{1}k{i} shared\u{2}UNIQ_KEY\u{1}ID{i:08}\u{2}",
+            i % 2
+        ),
+        body: Bytes::from((0..len).map(|j| (i * 7 + j) as u8).collect::<Vec<_>>()),
+    }
+}
+
+fn read_all(store: &Store, topic: &str, queue: i32) -> Vec<message::StoredMessage> {
+    let (min, max) = store.offsets(topic, queue);
+    let q = store.queue(topic, queue);
+    let Some(q) = q else { return Vec::new() };
+    q.entries_from(min, (max - min) as usize)
+        .into_iter()
+        .map(|(_, e)| message::decode_record(&store.read_entry(&e).unwrap()).unwrap())
+        .collect()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn sync_and_async_appends_read_back_identical() {
+    for flush in [
+        FlushMode::Sync,
+        FlushMode::Async {
+            interval: Duration::from_millis(50),
+        },
+    ] {
+        let dir = tmp();
+        let store = Store::open(cfg(dir.path(), flush)).unwrap();
+        store.put_topic(TopicConfig::new("T", 2)).unwrap();
+        let msgs: Vec<_> = (0..50)
+            .map(|i| msg("T", (i % 2) as i32, i, 100 + i))
+            .collect();
+        let placed = rt().block_on(store.put(&msgs)).unwrap();
+        assert_eq!(
+            placed
+                .iter()
+                .filter(|p| p.queue_id == 0)
+                .map(|p| p.queue_offset)
+                .collect::<Vec<_>>(),
+            (0..25).collect::<Vec<_>>()
+        );
+        let got = read_all(&store, "T", 1);
+        assert_eq!(got.len(), 25);
+        for (k, m) in got.iter().enumerate() {
+            let i = 2 * k + 1;
+            assert_eq!(m.body, msgs[i].body);
+            assert_eq!(m.properties, msgs[i].properties);
+            assert_eq!(m.queue_offset, k as i64);
+            assert_eq!(m.physical_offset as u64, placed[i].phys);
+        }
+        store.shutdown();
+    }
+}
+
+#[test]
+fn reopening_recovers_everything_and_continues_offsets() {
+    let dir = tmp();
+    {
+        let store = Store::open(cfg(dir.path(), FlushMode::Sync)).unwrap();
+        store.put_topic(TopicConfig::new("T", 1)).unwrap();
+        rt().block_on(store.put(&(0..20).map(|i| msg("T", 0, i, 64)).collect::<Vec<_>>()))
+            .unwrap();
+        store.commit_offset("G", "T", 0, 7);
+        store.shutdown();
+    }
+    let store = Store::open(cfg(dir.path(), FlushMode::Sync)).unwrap();
+    assert_eq!(store.offsets("T", 0), (0, 20));
+    assert_eq!(store.committed_offset("G", "T", 0), Some(7));
+    let placed = rt().block_on(store.put(&[msg("T", 0, 20, 64)])).unwrap();
+    assert_eq!(placed[0].queue_offset, 20);
+    assert_eq!(read_all(&store, "T", 0).len(), 21);
+    store.shutdown();
+}
+
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("commitlog"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn rewind_checkpoint(dir: &Path) {
+    std::fs::write(dir.join("checkpoint.json"), br#"{"offset":0}"#).unwrap();
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_nothing_half_written_is_exposed() {
+    let dir = tmp();
+    let placed = {
+        let store = Store::open(cfg(dir.path(), FlushMode::Sync)).unwrap();
+        store.put_topic(TopicConfig::new("T", 1)).unwrap();
+        let p = rt()
+            .block_on(store.put(&(0..10).map(|i| msg("T", 0, i, 300)).collect::<Vec<_>>()))
+            .unwrap();
+        store.shutdown();
+        p
+    };
+    // A crash in the middle of the next write: half a frame at the end of the segment.
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[0, 0, 1, 0, 0xAB, 0xCD, 0xEF, 0x01, 1, 2, 3])
+        .unwrap();
+    drop(f);
+    rewind_checkpoint(dir.path());
+    let store = Store::open(cfg(dir.path(), FlushMode::Sync)).unwrap();
+    assert_eq!(store.offsets("T", 0), (0, 10));
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), placed[9].end);
+    let p = rt().block_on(store.put(&[msg("T", 0, 10, 10)])).unwrap();
+    assert_eq!(p[0].queue_offset, 10);
+    assert_eq!(read_all(&store, "T", 0).len(), 11);
+    store.shutdown();
+}
+
+#[test]
+fn a_corrupt_frame_cuts_the_log_there() {
+    let dir = tmp();
+    let placed = {
+        let store = Store::open(cfg(dir.path(), FlushMode::Sync)).unwrap();
+        store.put_topic(TopicConfig::new("T", 1)).unwrap();
+        let p = rt()
+            .block_on(store.put(&(0..10).map(|i| msg("T", 0, i, 100)).collect::<Vec<_>>()))
+            .unwrap();
+        store.shutdown();
+        p
+    };
+    // Flip one body byte of message 6 (as a bad sector would).
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = placed[6].phys as usize + 8 + 90;
+    bytes[at] ^= 0xFF;
+    std::fs::write(&seg, bytes).unwrap();
+    rewind_checkpoint(dir.path());
+    let store = Store::open(cfg(dir.path(), FlushMode::Sync)).unwrap();
+    assert_eq!(
+        store.offsets("T", 0),
+        (0, 6),
+        "messages 6.. are gone, 0..6 intact"
+    );
+    for (i, m) in read_all(&store, "T", 0).iter().enumerate() {
+        assert_eq!(m.body, msg("T", 0, i, 100).body);
+    }
+    store.shutdown();
+}
+
+#[test]
+fn segments_roll_and_everything_survives_a_restart() {
+    let dir = tmp();
+    let small = |d: &Path| StoreConfig {
+        segment_size: 4096,
+        ..cfg(
+            d,
+            FlushMode::Async {
+                interval: Duration::from_millis(20),
+            },
+        )
+    };
+    {
+        let store = Store::open(small(dir.path())).unwrap();
+        store.put_topic(TopicConfig::new("T", 3)).unwrap();
+        let r = rt();
+        for chunk in 0..10 {
+            let msgs: Vec<_> = (0..30)
+                .map(|i| msg("T", (i % 3) as i32, chunk * 30 + i, 200))
+                .collect();
+            r.block_on(store.put(&msgs)).unwrap();
+        }
+        store.shutdown();
+    }
+    assert!(segment_files(dir.path()).len() > 10);
+    rewind_checkpoint(dir.path());
+    let store = Store::open(small(dir.path())).unwrap();
+    for q in 0..3 {
+        let got = read_all(&store, "T", q);
+        assert_eq!(got.len(), 100);
+        for m in &got {
+            let i = m.queue_offset as usize * 3 + q as usize;
+            assert_eq!(m.body, msg("T", q, i, 200).body);
+        }
+    }
+    store.shutdown();
+}
+
+#[test]
+fn retention_deletes_whole_old_segments_and_moves_first_offsets() {
+    let dir = tmp();
+    let c = StoreConfig {
+        segment_size: 4096,
+        retention: RetentionConfig {
+            max_age: None,
+            max_bytes: Some(16 * 1024),
+        },
+        ..cfg(dir.path(), FlushMode::Sync)
+    };
+    let store = Store::open(c).unwrap();
+    store.put_topic(TopicConfig::new("T", 1)).unwrap();
+    rt().block_on(store.put(&(0..200).map(|i| msg("T", 0, i, 200)).collect::<Vec<_>>()))
+        .unwrap();
+    let deleted = store.enforce_retention().unwrap();
+    assert!(deleted > 0);
+    let (min, max) = store.offsets("T", 0);
+    assert!(min > 0 && max == 200, "{min}..{max}");
+    assert!(segment_files(dir.path()).len() <= 5);
+    // What is left reads back; the index forgot what was deleted.
+    assert_eq!(read_all(&store, "T", 0).len() as i64, max - min);
+    assert!(store.lookup("ID00000000").is_empty());
+    assert_eq!(store.lookup("ID00000199").len(), 1);
+    store.shutdown();
+}
+
+#[test]
+fn per_topic_size_limits_trim_only_that_topic() {
+    let dir = tmp();
+    let store = Store::open(cfg(dir.path(), FlushMode::Sync)).unwrap();
+    store
+        .put_topic(TopicConfig {
+            retention_bytes: Some(2000),
+            ..TopicConfig::new("Small", 1)
+        })
+        .unwrap();
+    store.put_topic(TopicConfig::new("Big", 1)).unwrap();
+    let msgs: Vec<_> = (0..20)
+        .flat_map(|i| [msg("Small", 0, i, 200), msg("Big", 0, i, 200)])
+        .collect();
+    rt().block_on(store.put(&msgs)).unwrap();
+    store.enforce_retention().unwrap();
+    let (min, max) = store.offsets("Small", 0);
+    assert!(min > 0 && max == 20 && max - min <= 7, "{min}..{max}");
+    assert_eq!(store.offsets("Big", 0), (0, 20));
+    store.shutdown();
+}
+
+#[test]
+fn keys_ids_and_timestamps_find_messages() {
+    let dir = tmp();
+    let store = Store::open(cfg(dir.path(), FlushMode::Sync)).unwrap();
+    store.put_topic(TopicConfig::new("T", 1)).unwrap();
+    let r = rt();
+    r.block_on(store.put(&(0..5).map(|i| msg("T", 0, i, 10)).collect::<Vec<_>>()))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let t = rdmq_broker::store::now_ms();
+    std::thread::sleep(Duration::from_millis(20));
+    let placed = r
+        .block_on(store.put(&(5..10).map(|i| msg("T", 0, i, 10)).collect::<Vec<_>>()))
+        .unwrap();
+    assert_eq!(store.search_offset_by_time("T", 0, t).unwrap(), 5);
+    assert_eq!(store.search_offset_by_time("T", 0, 0).unwrap(), 0);
+    assert_eq!(store.search_offset_by_time("T", 0, i64::MAX).unwrap(), 10);
+    assert_eq!(store.lookup("k7"), vec![placed[2].phys]);
+    assert_eq!(store.lookup("shared").len(), 10);
+    let id = message::offset_msg_id(HostAddr::parse("127.0.0.1:10911"), placed[0].phys as i64);
+    assert_eq!(store.lookup(&id), vec![placed[0].phys]);
+    let rec = store.read_frame(placed[0].phys).unwrap();
+    assert_eq!(message::decode_record(&rec).unwrap().queue_offset, 5);
+    // An offset inside a frame is refused, not misread.
+    assert!(store.read_frame(placed[0].phys + 3).is_err());
+    store.shutdown();
+}
+
+#[test]
+fn bad_input_and_a_full_disk_are_typed_errors() {
+    let dir = tmp();
+    let c = StoreConfig {
+        max_log_bytes: Some(3000),
+        max_body: 1000,
+        ..cfg(dir.path(), FlushMode::Sync)
+    };
+    let store = Store::open(c).unwrap();
+    store.put_topic(TopicConfig::new("T", 2)).unwrap();
+    let r = rt();
+    assert!(matches!(
+        r.block_on(store.put(&[msg("Nope", 0, 0, 1)])),
+        Err(StoreError::TopicNotFound(_))
+    ));
+    assert!(matches!(
+        r.block_on(store.put(&[msg("T", 2, 0, 1)])),
+        Err(StoreError::QueueNotFound { queues: 2, .. })
+    ));
+    assert!(matches!(
+        r.block_on(store.put(&[msg("T", 0, 0, 1001)])),
+        Err(StoreError::Illegal(_))
+    ));
+    let mut bad = msg("T", 0, 0, 1);
+    bad.properties = "TAGS".into();
+    assert!(matches!(
+        r.block_on(store.put(&[bad])),
+        Err(StoreError::Illegal(_))
+    ));
+    assert!(store.put_topic(TopicConfig::new("bad name!", 1)).is_err());
+    for i in 0..10 {
+        let _ = r.block_on(store.put(&[msg("T", 0, i, 900)]));
+    }
+    match r.block_on(store.put(&[msg("T", 0, 99, 900)])) {
+        Err(StoreError::Busy(why)) => assert!(why.contains("disk full"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // What was stored before the disk filled is intact.
+    assert!(read_all(&store, "T", 0).iter().all(|m| m.body.len() == 900));
+    store.shutdown();
+}
