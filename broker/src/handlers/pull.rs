@@ -1,0 +1,281 @@
+//! PULL_MESSAGE (long polling, tag filters) and the offset requests: QUERY/UPDATE_CONSUMER_OFFSET,
+//! GET_MAX/MIN_OFFSET, SEARCH_OFFSET_BY_TIMESTAMP.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rdmq_transport::RemotingCommand;
+use rdmq_transport::protocol::response_code;
+use rdmq_transport::remoting::Request;
+
+use super::{Broker, Fields, Reject, fail, ok, reply, store_failure};
+use crate::message::{self, Properties};
+use crate::store::meta::PERM_READ;
+
+/// PULL sysFlag bits.
+const FLAG_COMMIT_OFFSET: i32 = 0x1;
+const FLAG_SUSPEND: i32 = 0x2;
+
+/// Most messages and bytes one PULL returns.
+const MAX_MESSAGES: usize = 1024;
+const MAX_BYTES: usize = 8 << 20;
+
+/// A tag subscription: `*` (or empty) matches everything, else `a || b || …`.
+#[derive(Debug, Clone)]
+pub struct TagFilter(Option<Vec<String>>);
+
+impl TagFilter {
+    /// Parses a subscription expression.
+    pub fn parse(expr: &str) -> TagFilter {
+        let e = expr.trim();
+        if e.is_empty() || e == "*" {
+            return TagFilter(None);
+        }
+        TagFilter(Some(
+            e.split("||")
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        ))
+    }
+
+    /// Cheap pre-check on a consume-queue tag hash.
+    pub fn may_match(&self, tag_hash: i64) -> bool {
+        match &self.0 {
+            None => true,
+            Some(tags) => tags.iter().any(|t| message::tag_hash(Some(t)) == tag_hash),
+        }
+    }
+
+    /// Exact check on the record's tag.
+    pub fn matches(&self, tag: Option<&str>) -> bool {
+        match &self.0 {
+            None => true,
+            Some(tags) => tag.is_some_and(|t| tags.iter().any(|x| x == t)),
+        }
+    }
+}
+
+fn queue_checked(b: &Broker, topic: &str, queue: i32) -> Result<(), Reject> {
+    let t = b.store.topic(topic).ok_or_else(|| {
+        fail(
+            response_code::TOPIC_NOT_EXIST,
+            format!(
+                "topic `{topic}` does not exist on broker {}",
+                b.info.broker_name
+            ),
+        )
+    })?;
+    if queue < 0 || queue as u32 >= t.queues() {
+        return Err(fail(
+            response_code::SYSTEM_ERROR,
+            format!(
+                "queueId {queue} is illegal: topic `{topic}` has {} queues",
+                t.queues()
+            ),
+        ));
+    }
+    if t.perm & PERM_READ == 0 {
+        return Err(fail(
+            response_code::NO_PERMISSION,
+            format!("topic `{topic}` is not readable"),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn pull(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let group = f.str("consumerGroup")?.to_owned();
+    let topic = f.str("topic")?.to_owned();
+    let queue: i32 = f.num("queueId")?;
+    let offset: i64 = f.num("queueOffset")?;
+    let max: i32 = f.num("maxMsgNums")?;
+    let sys_flag: i32 = f.opt_num("sysFlag")?.unwrap_or(0);
+    let commit: i64 = f.opt_num("commitOffset")?.unwrap_or(-1);
+    let suspend_ms: u64 = f.opt_num("suspendTimeoutMillis")?.unwrap_or(0);
+    let expr_type = req.command.field("expressionType").unwrap_or("TAG");
+    if !expr_type.eq_ignore_ascii_case("TAG") {
+        return Err(fail(
+            response_code::SUBSCRIPTION_NOT_EXIST,
+            format!("expression type `{expr_type}` is not supported (only TAG)"),
+        ));
+    }
+    let filter = TagFilter::parse(req.command.field("subscription").unwrap_or("*"));
+    if max <= 0 {
+        return Err(fail(
+            response_code::SYSTEM_ERROR,
+            format!("maxMsgNums must be positive, got {max}"),
+        ));
+    }
+    queue_checked(b, &topic, queue)?;
+    if sys_flag & FLAG_COMMIT_OFFSET != 0 && commit >= 0 {
+        b.store.commit_offset(&group, &topic, queue, commit);
+    }
+    let deadline = Instant::now()
+        + if sys_flag & FLAG_SUSPEND != 0 {
+            Duration::from_millis(suspend_ms).min(b.info.max_long_poll)
+        } else {
+            Duration::ZERO
+        };
+    let mut arrivals = b.store.arrivals();
+    loop {
+        arrivals.borrow_and_update();
+        let (min, max_off) = b.store.offsets(&topic, queue);
+        let header = |r: RemotingCommand, next: i64| {
+            r.with_field("nextBeginOffset", next.to_string())
+                .with_field("minOffset", min.to_string())
+                .with_field("maxOffset", max_off.to_string())
+                .with_field("suggestWhichBrokerId", "0")
+        };
+        if offset < min || offset > max_off {
+            let next = if offset < min { min } else { max_off };
+            return Ok(header(
+                reply(
+                    response_code::PULL_OFFSET_MOVED,
+                    format!("offset {offset} is outside {min}..={max_off}"),
+                ),
+                next,
+            ));
+        }
+        if offset < max_off {
+            let (body, next, count) = collect(
+                b,
+                &topic,
+                queue,
+                offset,
+                (max as usize).min(MAX_MESSAGES),
+                &filter,
+            )?;
+            if count > 0 {
+                return Ok(header(ok().with_body(body), next));
+            }
+            if next > offset {
+                // Everything in range was filtered out: move the consumer past it.
+                return Ok(header(
+                    reply(
+                        response_code::PULL_RETRY_IMMEDIATELY,
+                        "no message matched the subscription",
+                    ),
+                    next,
+                ));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(header(
+                reply(response_code::PULL_NOT_FOUND, "no new message"),
+                offset,
+            ));
+        }
+        let _ = tokio::time::timeout(left, arrivals.changed()).await;
+    }
+}
+
+/// Records from `offset`, filtered; returns (body, next offset, messages).
+fn collect(
+    b: &Broker,
+    topic: &str,
+    queue: i32,
+    offset: i64,
+    max: usize,
+    filter: &TagFilter,
+) -> Result<(bytes::Bytes, i64, usize), Reject> {
+    let q = b.store.queue(topic, queue).expect("queue checked");
+    let mut body = BytesMut::new();
+    let mut next = offset;
+    let mut count = 0;
+    for (off, e) in q.entries_from(offset, max * 4) {
+        if count >= max || body.len() >= MAX_BYTES {
+            break;
+        }
+        next = off + 1;
+        if !filter.may_match(e.tag_hash) {
+            continue;
+        }
+        let rec = b.store.read_entry(&e).map_err(store_failure)?;
+        if filter.0.is_some() {
+            let m = message::decode_record(&rec)
+                .map_err(|e| fail(response_code::SYSTEM_ERROR, e.to_string()))?;
+            let props = Properties::parse(&m.properties).unwrap_or_default();
+            if !filter.matches(props.tag()) {
+                continue;
+            }
+        }
+        body.extend_from_slice(&rec);
+        count += 1;
+    }
+    Ok((body.freeze(), next, count))
+}
+
+pub(super) async fn query_consumer_offset(
+    b: &Broker,
+    req: Request,
+) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let group = f.str("consumerGroup")?;
+    let topic = f.str("topic")?;
+    let queue: i32 = f.num("queueId")?;
+    queue_checked(b, topic, queue)?;
+    match b.store.committed_offset(group, topic, queue) {
+        Some(o) => Ok(ok().with_field("offset", o.to_string())),
+        // A new group on a queue that still holds its first message starts at the beginning.
+        None if b.store.offsets(topic, queue).0 == 0 => Ok(ok().with_field("offset", "0")),
+        None => Err(fail(
+            response_code::QUERY_NOT_FOUND,
+            format!("no offset committed by group `{group}` on {topic}@{queue}"),
+        )),
+    }
+}
+
+pub(super) async fn update_consumer_offset(
+    b: &Broker,
+    req: Request,
+) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let group = f.str("consumerGroup")?;
+    let topic = f.str("topic")?;
+    let queue: i32 = f.num("queueId")?;
+    let offset: i64 = f.num("commitOffset")?;
+    queue_checked(b, topic, queue)?;
+    if offset < 0 {
+        return Err(fail(
+            response_code::SYSTEM_ERROR,
+            format!("commitOffset {offset} is negative"),
+        ));
+    }
+    b.store.commit_offset(group, topic, queue, offset);
+    Ok(ok())
+}
+
+pub(super) async fn max_offset(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let topic = f.str("topic")?;
+    let queue: i32 = f.num("queueId")?;
+    queue_checked(b, topic, queue)?;
+    Ok(ok().with_field("offset", b.store.offsets(topic, queue).1.to_string()))
+}
+
+pub(super) async fn min_offset(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let topic = f.str("topic")?;
+    let queue: i32 = f.num("queueId")?;
+    queue_checked(b, topic, queue)?;
+    Ok(ok().with_field("offset", b.store.offsets(topic, queue).0.to_string()))
+}
+
+pub(super) async fn search_offset_by_timestamp(
+    b: &Broker,
+    req: Request,
+) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let topic = f.str("topic")?;
+    let queue: i32 = f.num("queueId")?;
+    let ts: i64 = f.num("timestamp")?;
+    queue_checked(b, topic, queue)?;
+    let off = b
+        .store
+        .search_offset_by_time(topic, queue, ts)
+        .map_err(store_failure)?;
+    Ok(ok().with_field("offset", off.to_string()))
+}
