@@ -3,6 +3,7 @@
 //! and the remoting handlers that serve producers, consumers and the proxy over any
 //! [`Transport`](rdmq_transport::Transport).
 
+pub mod config;
 pub mod handlers;
 pub mod message;
 pub mod store;

@@ -187,6 +187,13 @@ impl<T: Transport> Server<T> {
     /// Binds `endpoint` and starts serving in the background.
     pub async fn bind(&self, endpoint: &Endpoint) -> Result<ServerHandle, TransportError> {
         let listener = self.transport.bind(endpoint).await?;
+        Ok(self.serve(listener))
+    }
+
+    /// Starts serving on a listener bound earlier with the same transport (for processes that
+    /// must know their address before they can build the router). Connections that arrived
+    /// in between wait in the listener's backlog.
+    pub fn serve(&self, listener: <T as Transport>::Listener) -> ServerHandle {
         let local = listener.local_endpoint();
         tracing::info!(endpoint = %local, "remoting server listening");
         let live = Arc::new(AtomicUsize::new(0));
@@ -203,12 +210,12 @@ impl<T: Transport> Server<T> {
             registry.clone(),
             stop_rx,
         ));
-        Ok(ServerHandle {
+        ServerHandle {
             local,
             stop,
             task,
             live,
-        })
+        }
     }
 }
 

@@ -1,0 +1,427 @@
+//! Broker configuration: a TOML file, then command-line flags on top.
+//!
+//! ```toml
+//! listen = ["tcp://0.0.0.0:10911", "rdma://0.0.0.0:10912"]
+//! store_dir = "/var/lib/rdmq"
+//! flush = "sync"            # or "async"
+//! broker_name = "broker-a"
+//! [[topics]]
+//! name = "orders"
+//! queues = 8
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::handlers::BrokerInfo;
+use crate::message::HostAddr;
+use crate::store::meta::TopicConfig;
+use crate::store::{FlushMode, RetentionConfig, StoreConfig};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A flag or value is wrong.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How commits are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flush {
+    /// fsync before acknowledging.
+    Sync,
+    /// Acknowledge after the page-cache write; fsync periodically.
+    Async,
+}
+
+/// A topic to create at start.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// Name.
+    pub name: String,
+    /// Read and write queues.
+    #[serde(default = "default_queues")]
+    pub queues: u32,
+    /// Keep messages at most this many hours.
+    #[serde(default)]
+    pub retention_hours: Option<u64>,
+    /// Keep at most this many bytes per queue.
+    #[serde(default)]
+    pub retention_bytes: Option<u64>,
+}
+
+fn default_queues() -> u32 {
+    4
+}
+
+/// Everything the broker process is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Endpoints to serve (`tcp://`, `rdma://`, `rdma-sim://`).
+    pub listen: Vec<String>,
+    /// Store directory.
+    pub store_dir: PathBuf,
+    /// Acknowledgement policy.
+    pub flush: Flush,
+    /// fsync period in ASYNC mode (ms).
+    pub flush_interval_ms: u64,
+    /// Commit log segment size (bytes).
+    pub segment_size: u64,
+    /// Broker name.
+    pub broker_name: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Address given to clients in routes and stored as the store host; defaults to the first
+    /// TCP listener's address.
+    pub advertise: Option<String>,
+    /// Create unknown topics on first use.
+    pub auto_create_topics: bool,
+    /// Queues of auto-created topics.
+    pub default_queues: u32,
+    /// Largest message body (bytes).
+    pub max_body: usize,
+    /// Refuse sends when the disk has less free space than this (bytes).
+    pub min_free_bytes: u64,
+    /// Broker-wide retention: delete sealed segments older than this (hours; 0 = never).
+    pub retention_hours: u64,
+    /// Broker-wide retention: keep the commit log below this many bytes.
+    pub retention_bytes: Option<u64>,
+    /// Longest PULL long-poll (ms).
+    pub max_long_poll_ms: u64,
+    /// Time given to in-flight requests on shutdown (ms).
+    pub drain_grace_ms: u64,
+    /// Topics created at start (existing ones are updated).
+    pub topics: Vec<TopicSpec>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["tcp://0.0.0.0:10911".into()],
+            store_dir: PathBuf::from("rdmq-store"),
+            flush: Flush::Async,
+            flush_interval_ms: 500,
+            segment_size: 1 << 30,
+            broker_name: "broker-a".into(),
+            cluster: "DefaultCluster".into(),
+            advertise: None,
+            auto_create_topics: true,
+            default_queues: 4,
+            max_body: 4 << 20,
+            min_free_bytes: 64 << 20,
+            retention_hours: 72,
+            retention_bytes: None,
+            max_long_poll_ms: 30_000,
+            drain_grace_ms: 5_000,
+            topics: Vec::new(),
+        }
+    }
+}
+
+/// Command-line usage.
+pub const USAGE: &str = "\
+usage: rdmq-broker [options]
+  --config FILE             TOML configuration (flags below override it)
+  --listen URL              endpoint to serve; repeatable (tcp://, rdma://, rdma-sim://)
+  --store-dir DIR           store directory
+  --flush sync|async        fsync before acknowledging, or periodically
+  --flush-interval-ms N     fsync period in async mode
+  --segment-size BYTES      commit log segment size (suffixes K, M, G)
+  --broker-name NAME        broker name
+  --cluster NAME            cluster name
+  --advertise HOST:PORT     address given to clients
+  --auto-create-topics BOOL create unknown topics on first use
+  --default-queues N        queues of auto-created topics
+  --max-body BYTES          largest message body (suffixes K, M, G)
+  --topic NAME[:QUEUES]     create a topic at start; repeatable
+  --help                    this text
+";
+
+impl BrokerConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The configuration from `args` (without the program name): `--config` first, then
+    /// every other flag on top. `Ok(None)` means `--help` was asked for.
+    pub fn from_args(args: &[String]) -> Result<Option<Self>, ConfigError> {
+        let mut cfg = match args.iter().position(|a| a == "--config") {
+            Some(i) => {
+                let path = args
+                    .get(i + 1)
+                    .ok_or_else(|| ConfigError::Invalid("--config needs a file".into()))?;
+                Self::from_file(Path::new(path))?
+            }
+            None => Self::default(),
+        };
+        let mut listen = Vec::new();
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            if flag == "--help" || flag == "-h" {
+                return Ok(None);
+            }
+            let value = it
+                .next()
+                .ok_or_else(|| ConfigError::Invalid(format!("{flag} needs a value")))?;
+            let bad = |what: &str| ConfigError::Invalid(format!("{flag} {value}: {what}"));
+            match flag.as_str() {
+                "--config" => {}
+                "--listen" => listen.push(value.clone()),
+                "--store-dir" => cfg.store_dir = value.into(),
+                "--flush" => {
+                    cfg.flush = match value.as_str() {
+                        "sync" => Flush::Sync,
+                        "async" => Flush::Async,
+                        _ => return Err(bad("expected sync or async")),
+                    }
+                }
+                "--flush-interval-ms" => {
+                    cfg.flush_interval_ms = value.parse().map_err(|_| bad("not a number"))?
+                }
+                "--segment-size" => {
+                    cfg.segment_size = parse_size(value).ok_or_else(|| bad("not a size"))?
+                }
+                "--broker-name" => cfg.broker_name = value.clone(),
+                "--cluster" => cfg.cluster = value.clone(),
+                "--advertise" => cfg.advertise = Some(value.clone()),
+                "--auto-create-topics" => {
+                    cfg.auto_create_topics =
+                        value.parse().map_err(|_| bad("expected true or false"))?
+                }
+                "--default-queues" => {
+                    cfg.default_queues = value.parse().map_err(|_| bad("not a number"))?
+                }
+                "--max-body" => {
+                    cfg.max_body = parse_size(value).ok_or_else(|| bad("not a size"))? as usize
+                }
+                "--topic" => {
+                    let (name, queues) = match value.split_once(':') {
+                        Some((n, q)) => (n, q.parse().map_err(|_| bad("queues is not a number"))?),
+                        None => (value.as_str(), default_queues()),
+                    };
+                    cfg.topics.push(TopicSpec {
+                        name: name.to_owned(),
+                        queues,
+                        retention_hours: None,
+                        retention_bytes: None,
+                    });
+                }
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "unknown flag `{other}`\n{USAGE}"
+                    )));
+                }
+            }
+        }
+        if !listen.is_empty() {
+            cfg.listen = listen;
+        }
+        cfg.validate()?;
+        Ok(Some(cfg))
+    }
+
+    /// Checks values that would otherwise fail later, less clearly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.is_empty() {
+            return bad("no --listen endpoint".into());
+        }
+        for l in &self.listen {
+            if let Err(e) = l.parse::<rdmq_transport::Endpoint>() {
+                return bad(e.to_string());
+            }
+        }
+        if self.segment_size < 4096 {
+            return bad(format!(
+                "segment size {} is below 4096 bytes",
+                self.segment_size
+            ));
+        }
+        if (self.max_body as u64) + 4096 > self.segment_size {
+            return bad(format!(
+                "max body {} does not fit a segment of {} bytes",
+                self.max_body, self.segment_size
+            ));
+        }
+        if !(1..=1024).contains(&self.default_queues) {
+            return bad(format!(
+                "default queues {} is outside 1..=1024",
+                self.default_queues
+            ));
+        }
+        for t in &self.topics {
+            if !(1..=1024).contains(&t.queues) {
+                return bad(format!(
+                    "topic {}: queues {} is outside 1..=1024",
+                    t.name, t.queues
+                ));
+            }
+            if let Err(e) = crate::store::validate_topic_name(&t.name) {
+                return bad(e.to_string());
+            }
+        }
+        if let Some(a) = &self.advertise
+            && a.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(format!("advertise address `{a}` is not IP:PORT"));
+        }
+        Ok(())
+    }
+
+    /// The store settings, with `advertise` as the store host.
+    pub fn store_config(&self, advertise: &str) -> StoreConfig {
+        let mut s = StoreConfig::new(&self.store_dir);
+        s.segment_size = self.segment_size;
+        s.flush = match self.flush {
+            Flush::Sync => FlushMode::Sync,
+            Flush::Async => FlushMode::Async {
+                interval: Duration::from_millis(self.flush_interval_ms.max(1)),
+            },
+        };
+        s.store_host = HostAddr::parse(advertise);
+        s.max_body = self.max_body;
+        s.min_free_bytes = self.min_free_bytes;
+        s.retention = RetentionConfig {
+            max_age: (self.retention_hours > 0)
+                .then(|| Duration::from_secs(self.retention_hours * 3600)),
+            max_bytes: self.retention_bytes,
+        };
+        s
+    }
+
+    /// The handlers' identity and policies.
+    pub fn broker_info(&self, advertise: &str) -> BrokerInfo {
+        BrokerInfo {
+            broker_name: self.broker_name.clone(),
+            cluster_name: self.cluster.clone(),
+            advertise: advertise.to_owned(),
+            auto_create_topics: self.auto_create_topics,
+            default_queues: self.default_queues,
+            max_long_poll: Duration::from_millis(self.max_long_poll_ms),
+        }
+    }
+
+    /// The topics to create at start.
+    pub fn topic_configs(&self) -> Vec<TopicConfig> {
+        self.topics
+            .iter()
+            .map(|t| {
+                let mut c = TopicConfig::new(&t.name, t.queues);
+                c.retention_ms = t.retention_hours.map(|h| h * 3_600_000);
+                c.retention_bytes = t.retention_bytes;
+                c
+            })
+            .collect()
+    }
+}
+
+/// `123`, `64K`, `16M`, `1G` (binary units).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&s[..i], 1 << 20),
+        (i, 'g' | 'G') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let c = BrokerConfig::from_args(&args(
+            "--listen tcp://127.0.0.1:0 --listen rdma-sim://127.0.0.1:0 --flush sync --segment-size 64M --topic orders:8 --topic logs",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.flush, Flush::Sync);
+        assert_eq!(c.segment_size, 64 << 20);
+        assert_eq!(c.topics[0].queues, 8);
+        assert_eq!(c.topics[1].queues, 4);
+        assert!(matches!(
+            c.store_config("127.0.0.1:1").flush,
+            FlushMode::Sync
+        ));
+    }
+
+    #[test]
+    fn toml_file_then_flags() {
+        let c = BrokerConfig::from_toml(
+            "listen = [\"tcp://0.0.0.0:1\"]\nflush = \"sync\"\n[[topics]]\nname = \"a\"\nqueues = 2\nretention_hours = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.flush, Flush::Sync);
+        assert_eq!(c.topic_configs()[0].retention_ms, Some(3_600_000));
+        assert!(BrokerConfig::from_toml("flush = \"sometimes\"").is_err());
+        assert!(BrokerConfig::from_toml("no_such_key = 1").is_err());
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_the_reason() {
+        for (a, want) in [
+            ("--flush maybe", "sync or async"),
+            ("--listen quic://x:1", "unknown scheme"),
+            ("--segment-size 1", "below 4096"),
+            ("--bogus 1", "unknown flag"),
+            ("--listen", "needs a value"),
+            ("--topic bad/name:2", "topic"),
+        ] {
+            let e = BrokerConfig::from_args(&args(a)).unwrap_err().to_string();
+            assert!(e.contains(want), "{a}: {e}");
+        }
+        assert!(BrokerConfig::from_args(&args("--help")).unwrap().is_none());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("4k"), Some(4096));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size(""), None);
+    }
+}
