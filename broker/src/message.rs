@@ -285,6 +285,24 @@ pub struct StoredMessage {
 #[error("corrupt stored record: {0}")]
 pub struct RecordError(pub &'static str);
 
+/// Decodes back-to-back records, as a PULL response body carries them.
+pub fn decode_records(body: &Bytes) -> Result<Vec<StoredMessage>, RecordError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let head = body
+            .get(at..at + 4)
+            .ok_or(RecordError("truncated size field"))?;
+        let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        if len < 4 || at + len as usize > body.len() {
+            return Err(RecordError("record size exceeds the body"));
+        }
+        out.push(decode_record(&body.slice(at..at + len as usize))?);
+        at += len as usize;
+    }
+    Ok(out)
+}
+
 /// Decodes one stored record (exactly `record.len()` bytes).
 pub fn decode_record(record: &Bytes) -> Result<StoredMessage, RecordError> {
     let mut r = Cursor { b: record, i: 0 };

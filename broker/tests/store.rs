@@ -11,35 +11,10 @@ use rdmq_broker::message::{self, HostAddr, NewMessage};
 use rdmq_broker::store::meta::TopicConfig;
 use rdmq_broker::store::{FlushMode, RetentionConfig, Store, StoreConfig, StoreError};
 
-fn tmp() -> tempdir::TempDir {
-    tempdir::TempDir::new()
-}
+mod common;
 
-mod tempdir {
-    /// A directory removed on drop.
-    pub struct TempDir(pub std::path::PathBuf);
-    impl TempDir {
-        pub fn new() -> Self {
-            let p = std::env::temp_dir().join(format!(
-                "rdmq-store-{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-        pub fn path(&self) -> &std::path::Path {
-            &self.0
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+fn tmp() -> common::TempDir {
+    common::TempDir::new()
 }
 
 fn cfg(dir: &Path, flush: FlushMode) -> StoreConfig {
