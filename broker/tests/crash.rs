@@ -9,13 +9,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::TempDir;
+use common::{BrokerProcess, TempDir};
 use rdmq_broker::message::{self, Properties, StoredMessage};
 use rdmq_transport::protocol::{request_code as rc, response_code as code};
 use rdmq_transport::remoting::{Client, ClientConfig};
@@ -26,57 +24,24 @@ const TOPIC: &str = "crash";
 const QUEUES: i32 = 4;
 const SENDERS: u64 = 6;
 
-/// Kills the child on drop, so a failing assertion never leaves a broker behind.
-struct BrokerProcess(Child);
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_broker(dir: &std::path::Path) -> (BrokerProcess, Endpoint) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rdmq-broker"))
-        .args([
-            "--listen",
-            "tcp://127.0.0.1:0",
+    let b = BrokerProcess::spawn(
+        dir,
+        &[
             "--flush",
             "sync",
             "--segment-size",
             "1M",
             "--max-body",
             "64K",
-        ])
-        .args([
             "--topic",
             &format!("{TOPIC}:{QUEUES}"),
             "--auto-create-topics",
             "false",
-        ])
-        .arg("--store-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn rdmq-broker");
-    let stdout = child.stdout.take().unwrap();
-    let child = BrokerProcess(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("broker printed no endpoint within 30 s");
-    let url = line
-        .trim()
-        .strip_prefix("listening ")
-        .unwrap_or_else(|| panic!("unexpected broker output `{line}`"));
-    (child, url.parse().unwrap())
+        ],
+    );
+    let ep = b.endpoint.clone();
+    (b, ep)
 }
 
 /// xorshift64*: reproducible from the printed seed.
@@ -301,8 +266,7 @@ async fn acknowledged_messages_survive_repeated_sigkill() {
             _ => 50 + rng.next() % 500,
         };
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        broker.0.kill().expect("SIGKILL");
-        broker.0.wait().unwrap();
+        broker.kill();
         for s in senders {
             tokio::time::timeout(Duration::from_secs(10), s)
                 .await

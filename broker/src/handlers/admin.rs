@@ -1,4 +1,5 @@
-//! UPDATE_AND_CREATE_TOPIC, VIEW_MESSAGE_BY_ID, HEART_BEAT, UNREGISTER_CLIENT and
+//! UPDATE_AND_CREATE_TOPIC, VIEW_MESSAGE_BY_ID, HEART_BEAT, UNREGISTER_CLIENT,
+//! GET_CONSUMER_LIST_BY_GROUP and
 //! GET_ROUTEINFO_BY_TOPIC (so one broker also serves remoting clients directly).
 
 use rdmq_transport::RemotingCommand;
@@ -112,6 +113,34 @@ pub(super) async fn unregister_client(b: &Broker, req: Request) -> Result<Remoti
             .remove(id);
     }
     Ok(ok())
+}
+
+/// Clients that have not sent a heartbeat for this long no longer count as group members.
+const CLIENT_EXPIRY_MS: i64 = 120_000;
+
+pub(super) async fn consumer_list_by_group(
+    b: &Broker,
+    req: Request,
+) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let group = f.str("consumerGroup")?;
+    let now = crate::store::now_ms();
+    let mut clients = b.clients.lock().unwrap_or_else(|p| p.into_inner());
+    clients.retain(|_, c| now - c.last_seen <= CLIENT_EXPIRY_MS);
+    let mut ids: Vec<&String> = clients
+        .iter()
+        .filter(|(_, c)| c.consumer_groups.iter().any(|g| g == group))
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    if ids.is_empty() {
+        return Err(fail(
+            response_code::SYSTEM_ERROR,
+            format!("no consumer of group `{group}` is online"),
+        ));
+    }
+    let body = serde_json::json!({ "consumerIdList": ids });
+    Ok(ok().with_body(body.to_string().into_bytes()))
 }
 
 pub(super) async fn route_info(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {

@@ -235,6 +235,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
     route!(rc::VIEW_MESSAGE_BY_ID, admin::view_message_by_id);
     route!(rc::HEART_BEAT, admin::heart_beat);
     route!(rc::UNREGISTER_CLIENT, admin::unregister_client);
+    route!(
+        rc::GET_CONSUMER_LIST_BY_GROUP,
+        admin::consumer_list_by_group
+    );
     route!(rc::GET_ROUTEINFO_BY_TOPIC, admin::route_info);
     r
 }

@@ -1,7 +1,9 @@
 //! Shared test helpers: temporary directories and an in-process broker behind a real server.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,5 +91,61 @@ impl Harness {
             h.shutdown(Duration::from_secs(1)).await;
         }
         self.broker.store.shutdown();
+    }
+}
+
+/// A child `rdmq-broker` process on TCP port 0; killed (SIGKILL) on drop, so a failing
+/// assertion never leaves a broker behind.
+pub struct BrokerProcess {
+    child: Child,
+    /// The endpoint it printed.
+    pub endpoint: Endpoint,
+}
+
+impl BrokerProcess {
+    /// Starts the broker binary on `dir` with `args` and waits for its endpoint line.
+    pub fn spawn(dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rdmq-broker"))
+            .args(["--listen", "tcp://127.0.0.1:0"])
+            .args(args)
+            .arg("--store-dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn rdmq-broker");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut me = BrokerProcess {
+            child,
+            endpoint: Endpoint::tcp("0.0.0.0", 0),
+        };
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("broker printed no endpoint within 30 s");
+        let url = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("unexpected broker output `{line}`"));
+        me.endpoint = url.parse().unwrap();
+        me
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
