@@ -4,6 +4,7 @@
 #
 #   scripts/test.sh            # everything
 #   RDMQ_SKIP_LINT=1 scripts/test.sh   # tests only
+#   RDMQ_SKIP_COMPAT=1 / RDMQ_SKIP_SOFTROCE=1   # without the real-client or SoftRoCE stages
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -38,6 +39,15 @@ if [ -z "${RDMQ_SKIP_LINT:-}" ]; then
   cargo fmt --all -- --check
   log "cargo clippy --all-targets -- -D warnings"
   cargo clippy --workspace --all-targets --quiet -- -D warnings
+fi
+
+# --- real clients for the compatibility tests ------------------------------------------------
+# Installed from npm and crates.io; once installed, a missing client fails its test instead of
+# skipping it.
+if [ -z "${RDMQ_SKIP_COMPAT:-}" ]; then
+  log "real RocketMQ clients (scripts/compat-clients.sh)"
+  scripts/compat-clients.sh
+  export RDMQ_REQUIRE_COMPAT=1
 fi
 
 # --- host test suite ------------------------------------------------------------------------

@@ -20,6 +20,9 @@ commands:
               a device is present (SoftRoCE in a qemu guest is labelled emulated)
   sim         rdma-sim alone: SEND ping-pong p50/p99 and one-way messages/s, in one process
               and across two processes, with the simulated NIC's share of CPU time
+  store       the broker's store: append throughput and latency of 1 KiB messages (--sizes)
+              in ASYNC and SYNC flush modes, from --producers concurrent producers on one
+              core, with CPU cores used; files go under --dir (default target/store-bench)
 ";
 
 struct Args {
@@ -27,6 +30,9 @@ struct Args {
     iterations: u64,
     only: Option<String>,
     sizes: Vec<usize>,
+    sizes_given: bool,
+    producers: usize,
+    dir: std::path::PathBuf,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -35,6 +41,9 @@ fn parse_args() -> Result<Args, String> {
     let mut iterations = 20_000;
     let mut only = None;
     let mut sizes = vec![128, 1024, 4096];
+    let mut sizes_given = false;
+    let mut producers = 256;
+    let mut dir = std::path::PathBuf::from("target/store-bench");
     while let Some(a) = args.next() {
         match a.as_str() {
             "--sizes" => {
@@ -44,7 +53,16 @@ fn parse_args() -> Result<Args, String> {
                     .split(',')
                     .map(|v| v.parse().map_err(|_| format!("bad size `{v}`")))
                     .collect::<Result<_, _>>()?;
+                sizes_given = true;
             }
+            "--producers" => {
+                producers = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|p| *p > 0)
+                    .ok_or("--producers needs a positive number")?;
+            }
+            "--dir" => dir = args.next().ok_or("--dir needs a directory")?.into(),
             "--only" => only = Some(args.next().ok_or("--only needs a transport name")?),
             "--iterations" | "-n" => {
                 iterations = args
@@ -61,6 +79,9 @@ fn parse_args() -> Result<Args, String> {
         iterations,
         only,
         sizes,
+        sizes_given,
+        producers,
+        dir,
     })
 }
 
@@ -275,6 +296,55 @@ fn sim_bench(iterations: u64) -> Result<(), String> {
     Ok(())
 }
 
+fn store_bench(args: &Args) -> Result<(), String> {
+    use rdmq_bench::store;
+    use rdmq_broker::store::FlushMode;
+    let sizes = if args.sizes_given {
+        args.sizes.clone()
+    } else {
+        vec![1024]
+    };
+    std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    println!("{}", machine_line());
+    println!(
+        "store under {} ({}); {} producers on one runtime thread; latency = append to acknowledgement",
+        args.dir.display(),
+        store::fs_type(&args.dir),
+        args.producers
+    );
+    let messages = args.iterations.max(args.producers as u64);
+    for size in sizes {
+        for (name, flush) in [
+            (
+                "ASYNC",
+                FlushMode::Async {
+                    interval: std::time::Duration::from_millis(500),
+                },
+            ),
+            ("SYNC", FlushMode::Sync),
+        ] {
+            // SYNC waits for fsync: fewer messages keep the run short on slow disks.
+            let n = if name == "SYNC" {
+                messages / 4
+            } else {
+                messages
+            };
+            let dir = store::run_dir(&args.dir, name).map_err(|e| e.to_string())?;
+            let r = store::run(&dir, flush, size, n, args.producers)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            println!(
+                "store {name:<5} {size:>5} B  {:>9.0} msg/s  {:>7.1} MB/s  latency {}  | {:.2} cores busy, {:>9.0} msg per CPU-second",
+                r.rate(),
+                r.log_bytes as f64 / r.wall.as_secs_f64() / 1e6,
+                summary(&r.latency),
+                r.cpu.as_secs_f64() / r.wall.as_secs_f64(),
+                r.per_core(),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -283,6 +353,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.command == "store" {
+        // Builds its own runtimes.
+        return match store_bench(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rdmq-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -7,4 +7,4 @@ pub mod config;
 pub mod handlers;
 pub mod message;
 pub mod store;
-mod sys;
+pub mod sys;

@@ -41,6 +41,26 @@ pub enum PropertiesError {
     SeparatorInside(String),
 }
 
+/// Validates a properties string and calls `f` for every pair, without allocating.
+pub fn scan_properties<'a>(
+    s: &'a str,
+    mut f: impl FnMut(&'a str, &'a str),
+) -> Result<(), PropertiesError> {
+    for pair in s.split(PROPERTY_SEPARATOR).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once(NAME_VALUE_SEPARATOR)
+            .ok_or_else(|| PropertiesError::MissingSeparator(pair.chars().take(40).collect()))?;
+        if k.is_empty() {
+            return Err(PropertiesError::EmptyName);
+        }
+        if v.contains(NAME_VALUE_SEPARATOR) {
+            return Err(PropertiesError::SeparatorInside(k.to_owned()));
+        }
+        f(k, v);
+    }
+    Ok(())
+}
+
 /// Properties in their wire order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Properties(pub Vec<(String, String)>);
@@ -49,18 +69,7 @@ impl Properties {
     /// Parses `key\x01value\x02…` (a trailing separator is optional).
     pub fn parse(s: &str) -> Result<Properties, PropertiesError> {
         let mut out = Vec::new();
-        for pair in s.split(PROPERTY_SEPARATOR).filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once(NAME_VALUE_SEPARATOR).ok_or_else(|| {
-                PropertiesError::MissingSeparator(pair.chars().take(40).collect())
-            })?;
-            if k.is_empty() {
-                return Err(PropertiesError::EmptyName);
-            }
-            if v.contains(NAME_VALUE_SEPARATOR) {
-                return Err(PropertiesError::SeparatorInside(k.to_owned()));
-            }
-            out.push((k.to_owned(), v.to_owned()));
-        }
+        scan_properties(s, |k, v| out.push((k.to_owned(), v.to_owned())))?;
         Ok(Properties(out))
     }
 

@@ -215,7 +215,14 @@ pub fn router(broker: Arc<Broker>) -> Router {
             let b = broker.clone();
             r.add($code, move |req: Request| {
                 let b = b.clone();
-                async move { respond($f(&b, req).await) }
+                async move {
+                    let request = req.command.code;
+                    let r = $f(&b, req).await;
+                    if let Err(e) = &r {
+                        tracing::debug!(request, code = e.code, remark = %e.remark, "request refused");
+                    }
+                    respond(r)
+                }
             });
         }};
     }
@@ -223,6 +230,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
     route!(rc::SEND_MESSAGE_V2, send::send);
     route!(rc::SEND_BATCH_MESSAGE, send::send);
     route!(rc::PULL_MESSAGE, pull::pull);
+    route!(rc::LITE_PULL_MESSAGE, pull::pull);
     route!(rc::QUERY_CONSUMER_OFFSET, pull::query_consumer_offset);
     route!(rc::UPDATE_CONSUMER_OFFSET, pull::update_consumer_offset);
     route!(rc::GET_MAX_OFFSET, pull::max_offset);

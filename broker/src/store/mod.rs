@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::message::{self, HostAddr, NewMessage, Properties};
+use crate::message::{self, HostAddr, NewMessage, PropertiesError};
 use log::{FRAME_HEADER, Segments};
 use meta::{Checkpoint, Offsets, TopicConfig};
 use queue::{ConsumeQueue, CqEntry, KeyIndex, Queues};
@@ -137,13 +137,25 @@ pub struct Placement {
     pub end: u64,
 }
 
+/// A record appended but not yet in its consume queue.
 struct Dispatch {
+    queue: Arc<ConsumeQueue>,
+    queue_offset: i64,
+    entry: CqEntry,
+}
+
+/// What recovery reads back from a record to rebuild queues and the index.
+struct Recovered {
     topic: String,
     queue_id: i32,
     queue_offset: i64,
     entry: CqEntry,
-    keys: Vec<String>,
+    key_hashes: Vec<u64>,
 }
+
+/// How often the file system's free space is re-checked while appending.
+const SPACE_CHECK_BYTES: u64 = 4 << 20;
+const SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 struct AppendState {
     /// Next physical offset.
@@ -152,12 +164,17 @@ struct AppendState {
     pending: Vec<u8>,
     pending_start: u64,
     dispatch: Vec<Dispatch>,
+    /// `(key hash, commit log offset)` pairs for the index, with the pending records.
+    index_pending: Vec<(u64, u64)>,
     /// Segment bases created by rolls within the pending range.
     rolls: Vec<u64>,
     /// End of the current segment.
     segment_end: u64,
     segment_base: u64,
-    next_offsets: HashMap<(String, i32), i64>,
+    /// Last free-space check: position, time and its refusal, if any.
+    space_checked_pos: u64,
+    space_checked_at: Instant,
+    space_refusal: Option<String>,
     /// Set while writes fail (e.g. the disk is full): appends are refused.
     failure: Option<String>,
     shutdown: bool,
@@ -198,29 +215,37 @@ const OFFSETS: &str = "offsets.json";
 const CHECKPOINT: &str = "checkpoint.json";
 
 /// A frame's dispatch facts, read back from a record during recovery.
-fn dispatch_of(frame: &log::Frame) -> Option<Dispatch> {
+fn recovered_of(frame: &log::Frame) -> Option<Recovered> {
     let m = message::decode_record(&frame.record).ok()?;
-    let props = Properties::parse(&m.properties).ok()?;
-    Some(Dispatch {
+    let mut key_hashes = Vec::new();
+    let tag_hash = index_facts(&m.properties, &mut key_hashes).ok()?;
+    Some(Recovered {
         entry: CqEntry {
             phys: frame.offset,
             size: frame.record.len() as u32,
-            tag_hash: message::tag_hash(props.tag()),
+            tag_hash,
         },
-        keys: index_keys(&props, m.store_host, frame.offset),
+        key_hashes,
         topic: m.topic,
         queue_id: m.queue_id,
         queue_offset: m.queue_offset,
     })
 }
 
-fn index_keys(props: &Properties, store: HostAddr, phys: u64) -> Vec<String> {
-    let mut keys: Vec<String> = props.keys().map(str::to_owned).collect();
-    if let Some(id) = props.get(message::prop::UNIQ_KEY) {
-        keys.push(id.to_owned());
-    }
-    keys.push(message::offset_msg_id(store, phys as i64));
-    keys
+/// Validates `properties` without allocating; returns the tag hash and pushes the index key
+/// hashes (each of `KEYS`, and the client message id `UNIQ_KEY`). Offset message ids are not
+/// indexed: they name their offset.
+fn index_facts(properties: &str, key_hashes: &mut Vec<u64>) -> Result<i64, PropertiesError> {
+    let mut tag_hash = 0;
+    message::scan_properties(properties, |k, v| match k {
+        message::prop::TAGS if !v.is_empty() => tag_hash = message::tag_hash(Some(v)),
+        message::prop::KEYS => {
+            key_hashes.extend(v.split(' ').filter(|k| !k.is_empty()).map(queue::key_hash))
+        }
+        message::prop::UNIQ_KEY => key_hashes.push(queue::key_hash(v)),
+        _ => {}
+    })?;
+    Ok(tag_hash)
 }
 
 impl Store {
@@ -237,7 +262,7 @@ impl Store {
         let mut recovered = 0u64;
         let mut gaps = Vec::new();
         let end = segments.scan(checkpoint.offset, |frame| {
-            let Some(d) = dispatch_of(&frame) else {
+            let Some(d) = recovered_of(&frame) else {
                 gaps.push(frame.offset);
                 return;
             };
@@ -250,9 +275,12 @@ impl Store {
                 }
                 Err(e) => tracing::error!(error = %e, "recovery: cannot open consume queue"),
             }
-            for k in &d.keys {
-                index.add(k, frame.offset);
-            }
+            index.add_hashed(
+                &d.key_hashes
+                    .iter()
+                    .map(|h| (*h, frame.offset))
+                    .collect::<Vec<_>>(),
+            );
             recovered += 1;
         })?;
         if !gaps.is_empty() {
@@ -262,10 +290,9 @@ impl Store {
             );
         }
         let log_start = segments.bases().first().copied().unwrap_or(0);
-        let mut next_offsets = HashMap::new();
-        for ((topic, q), cq) in queues.all() {
+        for (_, cq) in queues.all() {
             cq.trim_below_phys(log_start);
-            next_offsets.insert((topic, q), cq.max_offset());
+            cq.reset_assigned();
         }
         if segments.bases().is_empty() {
             segments.create(end.end)?;
@@ -289,10 +316,13 @@ impl Store {
                 pending: Vec::with_capacity(1 << 20),
                 pending_start: end.end,
                 dispatch: Vec::new(),
+                index_pending: Vec::new(),
                 rolls: Vec::new(),
                 segment_end,
                 segment_base,
-                next_offsets,
+                space_checked_pos: end.end,
+                space_checked_at: Instant::now(),
+                space_refusal: None,
                 failure: None,
                 shutdown: false,
             }),
@@ -377,16 +407,18 @@ impl Store {
     /// readable, and may be acknowledged, once [`Store::wait_stored`] returns.
     pub fn append(&self, msgs: &[NewMessage]) -> Result<Vec<Placement>, StoreError> {
         let cfg = &self.shared.cfg;
-        let mut checked = Vec::with_capacity(msgs.len());
+        // Validate and resolve everything before taking the append lock.
+        let mut prepared = Vec::with_capacity(msgs.len());
+        let mut key_hashes = Vec::new();
         for m in msgs {
-            let topic = self
-                .topic(&m.topic)
+            let queues = self
+                .topic_queues(&m.topic)
                 .ok_or_else(|| StoreError::TopicNotFound(m.topic.clone()))?;
-            if m.queue_id < 0 || m.queue_id as u32 >= topic.queues() {
+            if m.queue_id < 0 || m.queue_id as u32 >= queues {
                 return Err(StoreError::QueueNotFound {
                     topic: m.topic.clone(),
                     queue: m.queue_id,
-                    queues: topic.queues(),
+                    queues,
                 });
             }
             if m.body.len() > cfg.max_body {
@@ -401,11 +433,19 @@ impl Store {
                     "properties longer than 65535 bytes".into(),
                 ));
             }
-            let props = Properties::parse(&m.properties)
+            let keys_from = key_hashes.len();
+            let tag_hash = index_facts(&m.properties, &mut key_hashes)
                 .map_err(|e| StoreError::Illegal(format!("invalid properties: {e}")))?;
-            checked.push(props);
+            let frame_len = FRAME_HEADER + message::record_len(m) as u64;
+            if frame_len > cfg.segment_size {
+                return Err(StoreError::Illegal(format!(
+                    "message of {frame_len} bytes does not fit a {}-byte segment",
+                    cfg.segment_size
+                )));
+            }
+            let queue = self.shared.queues.get_or_create(&m.topic, m.queue_id)?;
+            prepared.push((queue, tag_hash, keys_from..key_hashes.len()));
         }
-        self.check_space()?;
         let now = now_ms();
         let mut st = self.state();
         if st.shutdown {
@@ -414,33 +454,18 @@ impl Store {
         if let Some(f) = &st.failure {
             return Err(StoreError::Busy(f.clone()));
         }
+        self.check_space(&mut st)?;
         let mut out = Vec::with_capacity(msgs.len());
-        for (m, props) in msgs.iter().zip(&checked) {
+        for (m, (queue, tag_hash, keys)) in msgs.iter().zip(prepared) {
             let rec_len = message::record_len(m) as u64;
             let frame_len = FRAME_HEADER + rec_len;
-            if frame_len > cfg.segment_size {
-                return Err(StoreError::Illegal(format!(
-                    "message of {frame_len} bytes does not fit a {}-byte segment",
-                    cfg.segment_size
-                )));
-            }
             if st.write_pos + frame_len > st.segment_end {
                 let base = st.write_pos;
                 st.rolls.push(base);
                 st.segment_base = base;
                 st.segment_end = base + cfg.segment_size;
             }
-            let key = (m.topic.clone(), m.queue_id);
-            let qoff = match st.next_offsets.get(&key) {
-                Some(o) => *o,
-                None => self
-                    .shared
-                    .queues
-                    .get(&m.topic, m.queue_id)
-                    .map(|q| q.max_offset())
-                    .unwrap_or(0),
-            };
-            st.next_offsets.insert(key, qoff + 1);
+            let qoff = queue.assign_offset();
             let phys = st.write_pos;
             let at = st.pending.len();
             st.pending.extend_from_slice(&[0u8; FRAME_HEADER as usize]);
@@ -448,16 +473,17 @@ impl Store {
             let header = log::frame_header(&st.pending[at + FRAME_HEADER as usize..]);
             st.pending[at..at + FRAME_HEADER as usize].copy_from_slice(&header);
             st.write_pos += frame_len;
+            for h in &key_hashes[keys] {
+                st.index_pending.push((*h, phys));
+            }
             st.dispatch.push(Dispatch {
-                topic: m.topic.clone(),
-                queue_id: m.queue_id,
+                queue,
                 queue_offset: qoff,
                 entry: CqEntry {
                     phys,
                     size: rec_len as u32,
-                    tag_hash: message::tag_hash(props.tag()),
+                    tag_hash,
                 },
-                keys: index_keys(props, cfg.store_host, phys),
             });
             out.push(Placement {
                 queue_id: m.queue_id,
@@ -471,26 +497,47 @@ impl Store {
         Ok(out)
     }
 
-    fn check_space(&self) -> Result<(), StoreError> {
+    /// Queues of `topic`, without copying its configuration.
+    fn topic_queues(&self, topic: &str) -> Option<u32> {
+        self.shared
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .map(TopicConfig::queues)
+    }
+
+    /// Refuses appends when the log is at its size limit or the disk is nearly full. The
+    /// file system is asked at most every few MiB or 100 ms.
+    fn check_space(&self, st: &mut AppendState) -> Result<(), StoreError> {
         let cfg = &self.shared.cfg;
         if let Some(max) = cfg.max_log_bytes {
-            let used = self.state().write_pos - self.log_start();
+            let used = st.write_pos - self.log_start();
             if used >= max {
                 return Err(StoreError::Busy(format!(
                     "disk full: the commit log holds {used} bytes, its limit is {max}"
                 )));
             }
         }
-        if let Some(free) = crate::sys::free_bytes(&cfg.dir)
-            && free < cfg.min_free_bytes
+        if st.write_pos >= st.space_checked_pos + SPACE_CHECK_BYTES
+            || st.space_checked_at.elapsed() >= SPACE_CHECK_INTERVAL
+            || st.space_refusal.is_some()
         {
-            return Err(StoreError::Busy(format!(
-                "disk full: {free} bytes free under {}, at least {} required",
-                cfg.dir.display(),
-                cfg.min_free_bytes
-            )));
+            st.space_checked_pos = st.write_pos;
+            st.space_checked_at = Instant::now();
+            st.space_refusal = match crate::sys::free_bytes(&cfg.dir) {
+                Some(free) if free < cfg.min_free_bytes => Some(format!(
+                    "disk full: {free} bytes free under {}, at least {} required",
+                    cfg.dir.display(),
+                    cfg.min_free_bytes
+                )),
+                _ => None,
+            };
         }
-        Ok(())
+        match &st.space_refusal {
+            Some(why) => Err(StoreError::Busy(why.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Waits until everything up to `end` is stored per the flush policy (fsynced in SYNC
@@ -522,6 +569,11 @@ impl Store {
     }
 
     // ----- read ---------------------------------------------------------------------------------
+
+    /// End of the commit log: where the next record will be placed.
+    pub fn log_end(&self) -> u64 {
+        self.state().write_pos
+    }
 
     /// First commit log offset still stored.
     pub fn log_start(&self) -> u64 {
@@ -560,15 +612,28 @@ impl Store {
         Ok(self.shared.segments.read_record(e.phys, e.size)?)
     }
 
-    /// Offsets of records indexed under `key` (message id, UNIQ_KEY or a key).
+    /// Candidate offsets of records under `key`: one of their `KEYS`, their `UNIQ_KEY`, or an
+    /// offset message id of this store. Read them with `read_frame`, which checks the frame.
     pub fn lookup(&self, key: &str) -> Vec<u64> {
         let start = self.log_start();
-        self.shared
+        let mut found: Vec<u64> = self
+            .shared
             .index
             .lookup(key)
             .into_iter()
             .filter(|o| *o >= start)
-            .collect()
+            .collect();
+        // An offset message id of this store names its record directly.
+        if let Some(phys) = message::parse_offset_msg_id(key)
+            && key[..16]
+                .eq_ignore_ascii_case(&message::offset_msg_id(self.shared.cfg.store_host, 0)[..16])
+            && (phys as u64) >= start
+            && (phys as u64) < self.shared.written.borrow().to_owned()
+            && !found.contains(&(phys as u64))
+        {
+            found.push(phys as u64);
+        }
+        found
     }
 
     /// The first logical offset whose store time is at or after `ts` (ms), or the queue's
@@ -706,7 +771,7 @@ fn flush_loop(sh: Arc<Shared>) {
     let mut last_checkpoint = Instant::now();
     let mut retry_delay = Duration::from_millis(10);
     loop {
-        let (batch, start, dispatch, rolls, shutdown) = {
+        let (batch, start, dispatch, index_pending, rolls, shutdown) = {
             let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
             let tick = match sh.cfg.flush {
                 FlushMode::Async { interval } => interval.min(sh.cfg.checkpoint_interval),
@@ -726,6 +791,7 @@ fn flush_loop(sh: Arc<Shared>) {
                 batch,
                 start,
                 std::mem::take(&mut st.dispatch),
+                std::mem::take(&mut st.index_pending),
                 std::mem::take(&mut st.rolls),
                 st.shutdown,
             )
@@ -757,18 +823,11 @@ fn flush_loop(sh: Arc<Shared>) {
                 last_sync = Instant::now();
             }
             for d in dispatch {
-                match sh.queues.get_or_create(&d.topic, d.queue_id) {
-                    Ok(q) => {
-                        if let Err(e) = q.push(d.queue_offset, d.entry) {
-                            tracing::error!(error = %e, "dispatch");
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "dispatch: cannot open consume queue"),
-                }
-                for k in &d.keys {
-                    sh.index.add(k, d.entry.phys);
+                if let Err(e) = d.queue.push(d.queue_offset, d.entry) {
+                    tracing::error!(error = %e, "dispatch");
                 }
             }
+            sh.index.add_hashed(&index_pending);
             sh.written.send_replace(end);
             if sh.cfg.flush == FlushMode::Sync {
                 sh.durable.send_replace(end);

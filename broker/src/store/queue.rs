@@ -12,6 +12,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Bytes per consume-queue entry.
@@ -60,6 +61,9 @@ struct CqData {
 pub struct ConsumeQueue {
     data: RwLock<CqData>,
     file: File,
+    /// The next logical offset to hand out; ahead of `max_offset` while appended records
+    /// wait for dispatch. Only the store's append path (under its lock) moves it.
+    next: AtomicI64,
 }
 
 impl ConsumeQueue {
@@ -84,6 +88,7 @@ impl ConsumeQueue {
         }
         file.set_len(entries.len() as u64 * CQ_ENTRY)?;
         Ok(ConsumeQueue {
+            next: AtomicI64::new(entries.len() as i64),
             data: RwLock::new(CqData {
                 first: 0,
                 in_file: entries.len() as u64,
@@ -91,6 +96,16 @@ impl ConsumeQueue {
             }),
             file,
         })
+    }
+
+    /// Hands out the next logical offset (the store's append path, under its lock).
+    pub(crate) fn assign_offset(&self) -> i64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Realigns the offsets handed out with the entries present (after recovery).
+    pub(crate) fn reset_assigned(&self) {
+        self.next.store(self.max_offset(), Ordering::Relaxed);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, CqData> {
@@ -206,19 +221,22 @@ impl ConsumeQueue {
     }
 }
 
+/// Queues of one topic by id.
+type TopicQueues = HashMap<i32, Arc<ConsumeQueue>>;
+
 /// All consume queues.
 #[derive(Debug)]
 pub struct Queues {
     dir: PathBuf,
     checkpoint: u64,
-    map: RwLock<HashMap<(String, i32), Arc<ConsumeQueue>>>,
+    map: RwLock<HashMap<String, TopicQueues>>,
 }
 
 impl Queues {
     /// Opens every consume queue under `dir`, dropping entries at or after `checkpoint`.
     pub fn open(dir: &Path, checkpoint: u64) -> io::Result<Queues> {
         std::fs::create_dir_all(dir)?;
-        let mut map = HashMap::new();
+        let mut map: HashMap<String, TopicQueues> = HashMap::new();
         for topic in std::fs::read_dir(dir)? {
             let topic = topic?;
             if !topic.file_type()?.is_dir() {
@@ -230,10 +248,9 @@ impl Queues {
                 let Some(id) = q.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                     continue;
                 };
-                map.insert(
-                    (name.clone(), id),
-                    Arc::new(ConsumeQueue::open(&q.path(), checkpoint)?),
-                );
+                map.entry(name.clone())
+                    .or_default()
+                    .insert(id, Arc::new(ConsumeQueue::open(&q.path(), checkpoint)?));
             }
         }
         Ok(Queues {
@@ -248,7 +265,8 @@ impl Queues {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(topic.to_owned(), queue))
+            .get(topic)
+            .and_then(|t| t.get(&queue))
             .cloned()
     }
 
@@ -258,7 +276,7 @@ impl Queues {
             return Ok(q);
         }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(q) = map.get(&(topic.to_owned(), queue)) {
+        if let Some(q) = map.get(topic).and_then(|t| t.get(&queue)) {
             return Ok(q.clone());
         }
         let tdir = self.dir.join(topic);
@@ -267,7 +285,9 @@ impl Queues {
             &tdir.join(queue.to_string()),
             self.checkpoint,
         )?);
-        map.insert((topic.to_owned(), queue), q.clone());
+        map.entry(topic.to_owned())
+            .or_default()
+            .insert(queue, q.clone());
         Ok(q)
     }
 
@@ -277,13 +297,13 @@ impl Queues {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .flat_map(|(t, qs)| qs.iter().map(|(id, q)| ((t.clone(), *id), q.clone())))
             .collect()
     }
 }
 
 /// A fixed hasher for index keys (stable across restarts).
-fn key_hash(key: &str) -> u64 {
+pub(crate) fn key_hash(key: &str) -> u64 {
     let mut h =
         std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
             .build_hasher();
@@ -291,8 +311,50 @@ fn key_hash(key: &str) -> u64 {
     h.finish()
 }
 
-/// Key hash → commit log offsets, plus the encoded entries not yet written.
-type IndexState = (HashMap<u64, Vec<u64>>, Vec<u8>);
+/// Passes index-key hashes (already well mixed) through unchanged.
+#[derive(Debug, Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type HashedMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PassThrough>>;
+
+/// Key hash → commit log offsets. Most keys occur once, so the first offset lives inline and
+/// only repeats get a list.
+#[derive(Debug, Default)]
+struct IndexState {
+    first: HashedMap<u64>,
+    more: HashedMap<Vec<u64>>,
+    /// Encoded entries not yet written to the file.
+    pending: Vec<u8>,
+}
+
+impl IndexState {
+    fn insert(&mut self, h: u64, phys: u64) {
+        match self.first.entry(h) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(phys);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.more.entry(h).or_default().push(phys);
+            }
+        }
+    }
+}
 
 /// Message ids and keys → commit log offsets.
 #[derive(Debug)]
@@ -315,7 +377,7 @@ impl KeyIndex {
         let len = file.metadata()?.len() / 16;
         let mut raw = vec![0u8; (len * 16) as usize];
         file.read_exact_at(&mut raw, 0)?;
-        let mut map: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut map = IndexState::default();
         let mut kept = 0u64;
         for e in raw.chunks_exact(16) {
             let h = u64::from_be_bytes(e[..8].try_into().expect("8 bytes"));
@@ -323,12 +385,12 @@ impl KeyIndex {
             if off >= checkpoint {
                 break;
             }
-            map.entry(h).or_default().push(off);
+            map.insert(h, off);
             kept += 1;
         }
         file.set_len(kept * 16)?;
         Ok(KeyIndex {
-            map: Mutex::new((map, Vec::new())),
+            map: Mutex::new(map),
             file,
             in_file: Mutex::new(kept),
         })
@@ -336,24 +398,36 @@ impl KeyIndex {
 
     /// Indexes `key` → `phys`.
     pub fn add(&self, key: &str, phys: u64) {
-        let h = key_hash(key);
+        self.add_hashed(&[(key_hash(key), phys)]);
+    }
+
+    /// Indexes `(key hash, phys)` pairs.
+    pub fn add_hashed(&self, entries: &[(u64, u64)]) {
         let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.entry(h).or_default().push(phys);
-        g.1.extend_from_slice(&h.to_be_bytes());
-        g.1.extend_from_slice(&phys.to_be_bytes());
+        g.pending.reserve(entries.len() * 16);
+        for &(h, phys) in entries {
+            g.insert(h, phys);
+            g.pending.extend_from_slice(&h.to_be_bytes());
+            g.pending.extend_from_slice(&phys.to_be_bytes());
+        }
     }
 
     /// Candidate offsets for `key` (check the record: hashes may collide).
     pub fn lookup(&self, key: &str) -> Vec<u64> {
+        let h = key_hash(key);
         let g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.get(&key_hash(key)).cloned().unwrap_or_default()
+        let mut out: Vec<u64> = g.first.get(&h).copied().into_iter().collect();
+        if let Some(more) = g.more.get(&h) {
+            out.extend_from_slice(more);
+        }
+        out
     }
 
     /// Writes pending entries.
     pub fn flush(&self) -> io::Result<()> {
         let pending = {
             let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut g.1)
+            std::mem::take(&mut g.pending)
         };
         if pending.is_empty() {
             return Ok(());
@@ -372,7 +446,8 @@ impl KeyIndex {
     /// Forgets offsets below `log_start` (their segments were deleted).
     pub fn forget_below(&self, log_start: u64) {
         let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.retain(|_, offs| {
+        g.first.retain(|_, o| *o >= log_start);
+        g.more.retain(|_, offs| {
             offs.retain(|o| *o >= log_start);
             !offs.is_empty()
         });

@@ -94,6 +94,7 @@ impl Router {
             Some(h) => h.handle(request),
             None => {
                 let code = request.command.code;
+                tracing::debug!(code, peer = %request.peer, "request code not supported");
                 Box::pin(std::future::ready(RemotingCommand::response(
                     response_code::REQUEST_CODE_NOT_SUPPORTED,
                     Some(format!("request code {code} is not supported")),
