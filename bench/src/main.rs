@@ -13,6 +13,7 @@ use rdmq_transport::{Endpoint, Scheme, Transport};
 
 const USAGE: &str =
     "usage: rdmq-bench <command> [--iterations N] [--only tcp,rdma-sim,rdma] [--sizes 128,1024]
+                  [--producers N] [--dir DIR] [--modes async,sync]
 
 commands:
   transport   round-trip p50/p99 and pipelined messages/s of one connection, for 128 B, 1 KiB
@@ -22,7 +23,8 @@ commands:
               and across two processes, with the simulated NIC's share of CPU time
   store       the broker's store: append throughput and latency of 1 KiB messages (--sizes)
               in ASYNC and SYNC flush modes, from --producers concurrent producers on one
-              core, with CPU cores used; files go under --dir (default target/store-bench)
+              core, with CPU cores used; files go under --dir (default target/store-bench);
+              --modes async,sync picks the flush modes
 ";
 
 struct Args {
@@ -33,6 +35,7 @@ struct Args {
     sizes_given: bool,
     producers: usize,
     dir: std::path::PathBuf,
+    modes: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
     let mut sizes_given = false;
     let mut producers = 256;
     let mut dir = std::path::PathBuf::from("target/store-bench");
+    let mut modes = vec!["async".to_owned(), "sync".to_owned()];
     while let Some(a) = args.next() {
         match a.as_str() {
             "--sizes" => {
@@ -61,6 +65,17 @@ fn parse_args() -> Result<Args, String> {
                     .and_then(|v| v.parse().ok())
                     .filter(|p| *p > 0)
                     .ok_or("--producers needs a positive number")?;
+            }
+            "--modes" => {
+                modes = args
+                    .next()
+                    .ok_or("--modes needs a list")?
+                    .split(',')
+                    .map(|m| m.trim().to_ascii_lowercase())
+                    .collect();
+                if let Some(bad) = modes.iter().find(|m| *m != "async" && *m != "sync") {
+                    return Err(format!("unknown flush mode `{bad}` (async, sync)"));
+                }
             }
             "--dir" => dir = args.next().ok_or("--dir needs a directory")?.into(),
             "--only" => only = Some(args.next().ok_or("--only needs a transport name")?),
@@ -82,6 +97,7 @@ fn parse_args() -> Result<Args, String> {
         sizes_given,
         producers,
         dir,
+        modes,
     })
 }
 
@@ -313,35 +329,49 @@ fn store_bench(args: &Args) -> Result<(), String> {
         args.producers
     );
     let messages = args.iterations.max(args.producers as u64);
-    for size in sizes {
-        for (name, flush) in [
-            (
-                "ASYNC",
-                FlushMode::Async {
-                    interval: std::time::Duration::from_millis(500),
-                },
-            ),
-            ("SYNC", FlushMode::Sync),
-        ] {
-            // SYNC waits for fsync: fewer messages keep the run short on slow disks.
-            let n = if name == "SYNC" {
-                messages / 4
-            } else {
-                messages
-            };
-            let dir = store::run_dir(&args.dir, name).map_err(|e| e.to_string())?;
-            let r = store::run(&dir, flush, size, n, args.producers)?;
-            let _ = std::fs::remove_dir_all(&dir);
-            println!(
-                "store {name:<5} {size:>5} B  {:>9.0} msg/s  {:>7.1} MB/s  latency {}  | {:.2} cores busy, {:>9.0} msg per CPU-second",
-                r.rate(),
-                r.log_bytes as f64 / r.wall.as_secs_f64() / 1e6,
-                summary(&r.latency),
-                r.cpu.as_secs_f64() / r.wall.as_secs_f64(),
-                r.per_core(),
-            );
+    let all_cpus = rdmq_bench::affinity::current().map_err(|e| e.to_string())?;
+    // Each configuration twice: free to use every core, then confined to one (producers,
+    // flusher and syncer share it), which is the per-core number.
+    let placements = [
+        (format!("all {} cores", all_cpus.len()), all_cpus.clone()),
+        ("pinned to 1 core".to_owned(), vec![all_cpus[0]]),
+    ];
+    for (placement, cpus) in &placements {
+        rdmq_bench::affinity::set(cpus).map_err(|e| e.to_string())?;
+        for &size in &sizes {
+            for (name, flush) in [
+                (
+                    "ASYNC",
+                    FlushMode::Async {
+                        interval: std::time::Duration::from_millis(500),
+                    },
+                ),
+                ("SYNC", FlushMode::Sync),
+            ] {
+                if !args.modes.iter().any(|m| m.eq_ignore_ascii_case(name)) {
+                    continue;
+                }
+                // SYNC waits for fsync: fewer messages keep the run short on slow disks.
+                let n = if name == "SYNC" {
+                    messages / 4
+                } else {
+                    messages
+                };
+                let dir = store::run_dir(&args.dir, name).map_err(|e| e.to_string())?;
+                let r = store::run(&dir, flush, size, n, args.producers)?;
+                let _ = std::fs::remove_dir_all(&dir);
+                println!(
+                    "store {name:<5} {size:>5} B  {:>9.0} msg/s  {:>7.1} MB/s  latency {}  | {:.2} cores busy, {:>9.0} msg per CPU-second  [{placement}]",
+                    r.rate(),
+                    r.log_bytes as f64 / r.wall.as_secs_f64() / 1e6,
+                    summary(&r.latency),
+                    r.cpu.as_secs_f64() / r.wall.as_secs_f64(),
+                    r.per_core(),
+                );
+            }
         }
     }
+    rdmq_bench::affinity::set(&all_cpus).map_err(|e| e.to_string())?;
     Ok(())
 }
 

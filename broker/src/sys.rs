@@ -26,3 +26,22 @@ pub fn fs_magic(path: &Path) -> Option<i64> {
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     (rc == 0).then_some(st.f_type as i64)
 }
+
+/// Reserves `len` bytes for `file` (its size becomes at least `len`, new bytes read as zeros),
+/// so later writes need no block allocation. `Unsupported` where the file system cannot.
+pub fn preallocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::other("length too large"))?;
+    // SAFETY: the descriptor is owned by `file`, open for writing, and outlives the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+            Err(std::io::Error::new(std::io::ErrorKind::Unsupported, e))
+        }
+        _ => Err(e),
+    }
+}

@@ -116,7 +116,7 @@ fn parse(
 /// Runs a fixture against a fresh broker and checks everything it reports.
 async fn round_trip(client: &str, mut cmd: Command) {
     let dir = TempDir::new();
-    let broker = BrokerProcess::spawn(dir.path(), &["--flush", "sync"]);
+    let broker = BrokerProcess::spawn(dir.path(), &["--flush", "sync", "--segment-size", "64M"]);
     let addr = broker.endpoint.authority();
     let run = format!("r{}", std::process::id());
     let topic = format!("Compat_{}", client.replace('-', "_"));

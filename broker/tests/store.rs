@@ -2,7 +2,7 @@
 //! recovery from the checkpoint with CRC checks, torn and corrupt tails, segment rolls,
 //! retention, the key index, time search and a full disk.
 
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ fn cfg(dir: &Path, flush: FlushMode) -> StoreConfig {
     StoreConfig {
         flush,
         min_free_bytes: 0,
+        // Segments are preallocated: keep the tests' disk use small.
+        segment_size: 64 << 20,
         ..StoreConfig::new(dir)
     }
 }
@@ -140,16 +142,23 @@ fn a_torn_tail_is_cut_and_nothing_half_written_is_exposed() {
         store.shutdown();
         p
     };
-    // A crash in the middle of the next write: half a frame at the end of the segment.
+    // A crash in the middle of the next write: half a frame right after the last one (the
+    // segment is preallocated, so that is inside the file).
     let seg = segment_files(dir.path()).pop().unwrap();
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    f.write_all(&[0, 0, 1, 0, 0xAB, 0xCD, 0xEF, 0x01, 1, 2, 3])
-        .unwrap();
+    let torn = [0, 0, 1, 0, 0xAB, 0xCD, 0xEF, 0x01, 1, 2, 3];
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&torn, placed[9].end).unwrap();
     drop(f);
     rewind_checkpoint(dir.path());
     let store = Store::open(cfg(dir.path(), FlushMode::Sync)).unwrap();
     assert_eq!(store.offsets("T", 0), (0, 10));
-    assert_eq!(std::fs::metadata(&seg).unwrap().len(), placed[9].end);
+    // The torn bytes are gone: everything after the last whole frame reads as zeros.
+    let mut after = [0xFFu8; 11];
+    std::fs::File::open(&seg)
+        .unwrap()
+        .read_exact_at(&mut after, placed[9].end)
+        .unwrap();
+    assert_eq!(after, [0u8; 11]);
     let p = rt().block_on(store.put(&[msg("T", 0, 10, 10)])).unwrap();
     assert_eq!(p[0].queue_offset, 10);
     assert_eq!(read_all(&store, "T", 0).len(), 11);

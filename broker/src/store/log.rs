@@ -39,6 +39,9 @@ pub struct ScanEnd {
 pub struct Segments {
     dir: PathBuf,
     files: RwLock<BTreeMap<u64, Arc<File>>>,
+    /// Bytes reserved for each new segment up front (0 = none): appends then write into
+    /// allocated blocks, so a concurrent fsync does not stall them on block allocation.
+    prealloc: u64,
 }
 
 fn segment_name(base: u64) -> String {
@@ -46,8 +49,9 @@ fn segment_name(base: u64) -> String {
 }
 
 impl Segments {
-    /// Opens (creating) `dir` and every segment in it.
-    pub fn open(dir: &Path) -> io::Result<Segments> {
+    /// Opens (creating) `dir` and every segment in it; new segments get `prealloc` bytes
+    /// reserved.
+    pub fn open(dir: &Path, prealloc: u64) -> io::Result<Segments> {
         std::fs::create_dir_all(dir)?;
         let mut files = BTreeMap::new();
         for entry in std::fs::read_dir(dir)? {
@@ -65,6 +69,7 @@ impl Segments {
         Ok(Segments {
             dir: dir.to_owned(),
             files: RwLock::new(files),
+            prealloc,
         })
     }
 
@@ -101,8 +106,27 @@ impl Segments {
         );
         files.insert(base, f.clone());
         drop(files);
+        self.reserve(&f)?;
         sync_dir(&self.dir)?;
         Ok(f)
+    }
+
+    /// Reserves the segment at `base` up to the preallocation size (after recovery cut it).
+    pub fn preallocate(&self, base: u64) -> io::Result<()> {
+        match self.files().get(&base).cloned() {
+            Some(f) => self.reserve(&f),
+            None => Ok(()),
+        }
+    }
+
+    fn reserve(&self, f: &File) -> io::Result<()> {
+        if self.prealloc == 0 {
+            return Ok(());
+        }
+        match crate::sys::preallocate(f, self.prealloc) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+            other => other,
+        }
     }
 
     /// Deletes the segment starting at `base`.
@@ -220,11 +244,13 @@ impl Segments {
                 let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as u64;
                 let crc = u32::from_be_bytes(head[4..].try_into().expect("4 bytes"));
                 if len == 0 && crc == 0 {
-                    // Zero fill: no more frames in this segment.
+                    // Zero fill (preallocated, or the end of a rolled segment): no more frames
+                    // in this segment. Frames are written header first in one write, so this is
+                    // a clean end, not a tear.
                     if i + 1 < bases.len() {
                         break;
                     }
-                    return self.cut(&bases, i, pos, rel < file_len);
+                    return self.cut(&bases, i, pos, false);
                 }
                 if rel + FRAME_HEADER + len > file_len {
                     return self.cut(&bases, i, pos, true);

@@ -17,6 +17,7 @@ pub mod log;
 pub mod meta;
 pub mod queue;
 mod retention;
+mod watermark;
 
 use std::collections::HashMap;
 use std::io;
@@ -31,6 +32,7 @@ use crate::message::{self, HostAddr, NewMessage, PropertiesError};
 use log::{FRAME_HEADER, Segments};
 use meta::{Checkpoint, Offsets, TopicConfig};
 use queue::{ConsumeQueue, CqEntry, KeyIndex, Queues};
+use watermark::Watermark;
 
 pub use retention::RetentionConfig;
 
@@ -153,6 +155,10 @@ struct Recovered {
     key_hashes: Vec<u64>,
 }
 
+/// In ASYNC mode the syncer also fsyncs whenever this much is written but not yet durable, so
+/// no single fsync has to push out seconds of writes (which stalls the writer behind it).
+const ASYNC_SYNC_BYTES: u64 = 4 << 20;
+
 /// How often the file system's free space is re-checked while appending.
 const SPACE_CHECK_BYTES: u64 = 4 << 20;
 const SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -177,6 +183,8 @@ struct AppendState {
     space_refusal: Option<String>,
     /// Set while writes fail (e.g. the disk is full): appends are refused.
     failure: Option<String>,
+    /// An fsync failed: `failure` stays set until restart.
+    fatal: bool,
     shutdown: bool,
 }
 
@@ -184,22 +192,34 @@ pub(crate) struct Shared {
     cfg: StoreConfig,
     state: Mutex<AppendState>,
     wake: Condvar,
+    /// Wakes the syncer (shutdown).
+    sync_wake: Condvar,
+    /// Set once the flusher has written everything and stopped.
+    flusher_done: std::sync::atomic::AtomicBool,
     segments: Segments,
     queues: Queues,
     index: KeyIndex,
-    written: watch::Sender<u64>,
-    durable: watch::Sender<u64>,
+    written: Watermark,
+    durable: Watermark,
     arrivals: watch::Sender<u64>,
     topics: Mutex<HashMap<String, TopicConfig>>,
     offsets: Mutex<Offsets>,
     offsets_dirty: std::sync::atomic::AtomicBool,
 }
 
+/// The store's background threads.
+struct StoreThreads {
+    /// Writes appended records, fsyncs them in SYNC mode, dispatches them.
+    flusher: std::thread::JoinHandle<()>,
+    /// Periodic fsync in ASYNC mode, checkpoints and retention, off the write path.
+    syncer: std::thread::JoinHandle<()>,
+}
+
 /// The message store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
-    flusher: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    threads: Arc<Mutex<Option<StoreThreads>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -255,7 +275,7 @@ impl Store {
         let checkpoint: Checkpoint = meta::load_json(&cfg.dir, CHECKPOINT)?.unwrap_or_default();
         let topics: Vec<TopicConfig> = meta::load_json(&cfg.dir, TOPICS)?.unwrap_or_default();
         let offsets: Offsets = meta::load_json(&cfg.dir, OFFSETS)?.unwrap_or_default();
-        let segments = Segments::open(&cfg.dir.join("commitlog"))?;
+        let segments = Segments::open(&cfg.dir.join("commitlog"), cfg.segment_size)?;
         let queues = Queues::open(&cfg.dir.join("consumequeue"), checkpoint.offset)?;
         let index = KeyIndex::open(&cfg.dir.join("index"), checkpoint.offset)?;
         let started = Instant::now();
@@ -297,6 +317,9 @@ impl Store {
         if segments.bases().is_empty() {
             segments.create(end.end)?;
         }
+        if let Some(active) = segments.bases().last() {
+            segments.preallocate(*active)?;
+        }
         let (segment_base, segment_end) = match segments.segment_of(end.end) {
             Some((base, _)) => (base, base + cfg.segment_size),
             None => (end.end, end.end + cfg.segment_size),
@@ -324,14 +347,17 @@ impl Store {
                 space_checked_at: Instant::now(),
                 space_refusal: None,
                 failure: None,
+                fatal: false,
                 shutdown: false,
             }),
             wake: Condvar::new(),
+            sync_wake: Condvar::new(),
+            flusher_done: Default::default(),
             segments,
             queues,
             index,
-            written: watch::channel(end.end).0,
-            durable: watch::channel(end.end).0,
+            written: Watermark::new(end.end),
+            durable: Watermark::new(end.end),
             arrivals: watch::channel(0).0,
             topics: Mutex::new(topics.into_iter().map(|t| (t.name.clone(), t)).collect()),
             offsets: Mutex::new(offsets),
@@ -344,9 +370,13 @@ impl Store {
         let flusher = std::thread::Builder::new()
             .name("rdmq-store-flush".into())
             .spawn(move || flush_loop(s2))?;
+        let s3 = shared.clone();
+        let syncer = std::thread::Builder::new()
+            .name("rdmq-store-sync".into())
+            .spawn(move || sync_loop(s3))?;
         Ok(Store {
             shared,
-            flusher: Arc::new(Mutex::new(Some(flusher))),
+            threads: Arc::new(Mutex::new(Some(StoreThreads { flusher, syncer }))),
         })
     }
 
@@ -543,13 +573,13 @@ impl Store {
     /// Waits until everything up to `end` is stored per the flush policy (fsynced in SYNC
     /// mode, written in ASYNC mode), at most `timeout`.
     pub async fn wait_stored(&self, end: u64, timeout: Duration) -> Result<(), StoreError> {
-        let mut rx = match self.shared.cfg.flush {
-            FlushMode::Sync => self.shared.durable.subscribe(),
-            FlushMode::Async { .. } => self.shared.written.subscribe(),
+        let mark = match self.shared.cfg.flush {
+            FlushMode::Sync => &self.shared.durable,
+            FlushMode::Async { .. } => &self.shared.written,
         };
-        match tokio::time::timeout(timeout, rx.wait_for(|v| *v >= end)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(StoreError::ShuttingDown),
+        match tokio::time::timeout(timeout, mark.wait(end)).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::ShuttingDown),
             Err(_) => {
                 let failure = self.state().failure.clone();
                 Err(StoreError::Busy(failure.unwrap_or_else(|| {
@@ -597,7 +627,7 @@ impl Store {
     /// the start of a frame is refused).
     pub fn read_frame(&self, phys: u64) -> Result<Bytes, StoreError> {
         let missing = || StoreError::Illegal(format!("no message at commit log offset {phys}"));
-        if phys >= *self.shared.written.borrow() || phys < self.log_start() {
+        if phys >= self.shared.written.get() || phys < self.log_start() {
             return Err(missing());
         }
         self.shared
@@ -628,7 +658,7 @@ impl Store {
             && key[..16]
                 .eq_ignore_ascii_case(&message::offset_msg_id(self.shared.cfg.store_host, 0)[..16])
             && (phys as u64) >= start
-            && (phys as u64) < self.shared.written.borrow().to_owned()
+            && (phys as u64) < self.shared.written.get()
             && !found.contains(&(phys as u64))
         {
             found.push(phys as u64);
@@ -700,13 +730,23 @@ impl Store {
     pub fn shutdown(&self) {
         self.state().shutdown = true;
         self.shared.wake.notify_all();
-        if let Some(h) = self
-            .flusher
+        let threads = self
+            .threads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = h.join();
+            .take();
+        if let Some(t) = threads {
+            // The flusher drains what is pending; then the syncer makes it durable and
+            // writes the final checkpoint.
+            let _ = t.flusher.join();
+            self.shared
+                .flusher_done
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            {
+                let _st = self.state();
+                self.shared.sync_wake.notify_all();
+            }
+            let _ = t.syncer.join();
         }
     }
 
@@ -765,36 +805,28 @@ pub fn validate_topic_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The flusher: write, fsync per policy, dispatch, publish watermarks, checkpoint.
+/// The flusher: write, fsync in SYNC mode, dispatch, publish watermarks. Everything periodic
+/// (ASYNC fsync, checkpoints, retention) runs in [`sync_loop`], so appends never wait for it.
 fn flush_loop(sh: Arc<Shared>) {
-    let mut last_sync = Instant::now();
-    let mut last_checkpoint = Instant::now();
     let mut retry_delay = Duration::from_millis(10);
+    // Buffers swapped with the append state's, so batches allocate nothing.
+    let mut batch: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut dispatch: Vec<Dispatch> = Vec::new();
+    let mut index_pending: Vec<(u64, u64)> = Vec::new();
+    let mut rolls: Vec<u64> = Vec::new();
     loop {
-        let (batch, start, dispatch, index_pending, rolls, shutdown) = {
+        let (start, shutdown) = {
             let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
-            let tick = match sh.cfg.flush {
-                FlushMode::Async { interval } => interval.min(sh.cfg.checkpoint_interval),
-                FlushMode::Sync => sh.cfg.checkpoint_interval,
-            };
-            if st.pending.is_empty() && !st.shutdown {
-                st = sh
-                    .wake
-                    .wait_timeout(st, tick)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+            while st.pending.is_empty() && !st.shutdown {
+                st = sh.wake.wait(st).unwrap_or_else(|p| p.into_inner());
             }
             let start = st.pending_start;
-            let batch = std::mem::replace(&mut st.pending, Vec::with_capacity(1 << 20));
             st.pending_start = st.write_pos;
-            (
-                batch,
-                start,
-                std::mem::take(&mut st.dispatch),
-                std::mem::take(&mut st.index_pending),
-                std::mem::take(&mut st.rolls),
-                st.shutdown,
-            )
+            std::mem::swap(&mut st.pending, &mut batch);
+            std::mem::swap(&mut st.dispatch, &mut dispatch);
+            std::mem::swap(&mut st.index_pending, &mut index_pending);
+            std::mem::swap(&mut st.rolls, &mut rolls);
+            (start, st.shutdown)
         };
         if !batch.is_empty() {
             // Write, retrying while it fails (disk full): nothing here is acknowledged yet, and
@@ -802,7 +834,11 @@ fn flush_loop(sh: Arc<Shared>) {
             loop {
                 match write_batch(&sh, start, &batch, &rolls) {
                     Ok(()) => {
-                        sh.state.lock().unwrap_or_else(|p| p.into_inner()).failure = None;
+                        let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+                        if !st.fatal {
+                            st.failure = None;
+                        }
+                        drop(st);
                         retry_delay = Duration::from_millis(10);
                         break;
                     }
@@ -817,37 +853,85 @@ fn flush_loop(sh: Arc<Shared>) {
             }
             let end = start + batch.len() as u64;
             if sh.cfg.flush == FlushMode::Sync {
+                // A failed fsync may have dropped the dirty pages, so retrying proves nothing:
+                // nothing from here on is acknowledged, and the broker needs a restart (recovery
+                // re-reads what really is on disk).
                 if let Err(e) = sync_log(&sh, start, end) {
-                    tracing::error!(error = %e, "fsync failed");
+                    fatal(&sh, format!("fsync of the commit log failed: {e}"));
                 }
-                last_sync = Instant::now();
             }
-            for d in dispatch {
+            for d in dispatch.drain(..) {
                 if let Err(e) = d.queue.push(d.queue_offset, d.entry) {
                     tracing::error!(error = %e, "dispatch");
                 }
             }
             sh.index.add_hashed(&index_pending);
-            sh.written.send_replace(end);
-            if sh.cfg.flush == FlushMode::Sync {
-                sh.durable.send_replace(end);
+            index_pending.clear();
+            batch.clear();
+            rolls.clear();
+            sh.written.advance(end);
+            if sh.cfg.flush == FlushMode::Sync && !is_fatal(&sh) {
+                sh.durable.advance(end);
+            } else if end - sh.durable.get() >= ASYNC_SYNC_BYTES {
+                sh.sync_wake.notify_one();
             }
             sh.arrivals.send_modify(|v| *v += 1);
         }
-        if let FlushMode::Async { interval } = sh.cfg.flush
-            && (last_sync.elapsed() >= interval || shutdown)
+        if shutdown {
+            let st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.pending.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// Stops acknowledging for good: appends are refused and waiters time out.
+fn fatal(sh: &Shared, why: String) {
+    tracing::error!(error = %why, "store stopped accepting writes; restart the broker to recover");
+    let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+    st.fatal = true;
+    st.failure = Some(format!("{why}; restart the broker"));
+}
+
+fn is_fatal(sh: &Shared) -> bool {
+    sh.state.lock().unwrap_or_else(|p| p.into_inner()).fatal
+}
+
+/// The syncer: fsync of written data every flush interval in ASYNC mode, checkpoints and
+/// retention every checkpoint interval; a last sync and checkpoint once the flusher is done.
+fn sync_loop(sh: Arc<Shared>) {
+    let mut last_sync = Instant::now();
+    let mut last_checkpoint = Instant::now();
+    let tick = match sh.cfg.flush {
+        FlushMode::Async { interval } => interval.min(sh.cfg.checkpoint_interval),
+        FlushMode::Sync => sh.cfg.checkpoint_interval,
+    };
+    loop {
         {
-            let written = *sh.written.borrow();
-            if written > *sh.durable.borrow() {
-                if let Err(e) = sync_log(&sh, *sh.durable.borrow(), written) {
-                    tracing::error!(error = %e, "fsync failed");
-                } else {
-                    sh.durable.send_replace(written);
+            let st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !sh.flusher_done.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = sh.sync_wake.wait_timeout(st, tick);
+            }
+        }
+        let last = sh.flusher_done.load(std::sync::atomic::Ordering::SeqCst);
+        if let FlushMode::Async { interval } = sh.cfg.flush
+            && (last_sync.elapsed() >= interval
+                || last
+                || sh.written.get() - sh.durable.get() >= ASYNC_SYNC_BYTES)
+        {
+            let written = sh.written.get();
+            let durable = sh.durable.get();
+            if written > durable {
+                match sync_log(&sh, durable, written) {
+                    Ok(()) if !is_fatal(&sh) => sh.durable.advance(written),
+                    Ok(()) => {}
+                    Err(e) => fatal(&sh, format!("fsync of the commit log failed: {e}")),
                 }
             }
             last_sync = Instant::now();
         }
-        if last_checkpoint.elapsed() >= sh.cfg.checkpoint_interval || shutdown {
+        if last_checkpoint.elapsed() >= sh.cfg.checkpoint_interval || last {
             if let Err(e) = checkpoint_now(&sh) {
                 tracing::error!(error = %e, "checkpoint failed");
             }
@@ -856,11 +940,8 @@ fn flush_loop(sh: Arc<Shared>) {
             }
             last_checkpoint = Instant::now();
         }
-        if shutdown {
-            let st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.pending.is_empty() {
-                return;
-            }
+        if last {
+            return;
         }
     }
 }
@@ -907,7 +988,7 @@ fn sync_log(sh: &Shared, from: u64, to: u64) -> io::Result<()> {
 /// Makes consume queues, index, offsets and the log durable up to what is written, then
 /// records that point as the checkpoint.
 fn checkpoint_now(sh: &Shared) -> io::Result<()> {
-    let written = *sh.written.borrow();
+    let written = sh.written.get();
     sync_log(sh, sh.log_start_of(), written)?;
     for (_, q) in sh.queues.all() {
         q.flush()?;

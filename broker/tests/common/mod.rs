@@ -56,6 +56,8 @@ impl Harness {
         let mut cfg = StoreConfig::new(dir.path());
         cfg.min_free_bytes = 0;
         cfg.flush = FlushMode::Sync;
+        // Segments are preallocated: keep the tests' disk use small.
+        cfg.segment_size = 64 << 20;
         tune(&mut cfg);
         let store = Store::open(cfg).unwrap();
         let broker = Broker::new(store, info);
