@@ -146,16 +146,7 @@ async fn read_all(client: &Client<TcpTransport>, ep: &Endpoint) -> HashMap<u64, 
         let max: i64 = max.field("offset").unwrap().parse().unwrap();
         let mut offset = 0;
         while offset < max {
-            let pull = RemotingCommand::request(rc::PULL_MESSAGE)
-                .with_field("consumerGroup", "crash-verifier")
-                .with_field("topic", TOPIC)
-                .with_field("queueId", q.to_string())
-                .with_field("queueOffset", offset.to_string())
-                .with_field("maxMsgNums", "64")
-                .with_field("sysFlag", "0")
-                .with_field("commitOffset", "0")
-                .with_field("suspendTimeoutMillis", "0")
-                .with_field("subscription", "*");
+            let pull = common::pull_request("crash-verifier", TOPIC, q, offset, 64);
             let r = client
                 .invoke(ep, pull, Some(Duration::from_secs(10)))
                 .await

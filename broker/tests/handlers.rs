@@ -61,18 +61,8 @@ fn send_v2(topic: &str, queue: i32, properties: &str, body: &[u8]) -> RemotingCo
 }
 
 fn pull(topic: &str, queue: i32, offset: i64, subscription: &str) -> RemotingCommand {
-    RemotingCommand::request(rc::PULL_MESSAGE)
-        .with_field("consumerGroup", "consumer-group")
-        .with_field("topic", topic)
-        .with_field("queueId", queue.to_string())
-        .with_field("queueOffset", offset.to_string())
-        .with_field("maxMsgNums", "32")
-        .with_field("sysFlag", "0")
-        .with_field("commitOffset", "0")
-        .with_field("suspendTimeoutMillis", "0")
+    common::pull_request("consumer-group", topic, queue, offset, 32)
         .with_field("subscription", subscription)
-        .with_field("subVersion", "0")
-        .with_field("expressionType", "TAG")
 }
 
 fn long_pull(topic: &str, queue: i32, offset: i64, suspend_ms: u64) -> RemotingCommand {

@@ -183,16 +183,7 @@ async fn round_trip(client: &str, mut cmd: Command) {
     let ours = Client::new(TcpTransport::default(), ClientConfig::default());
     let ep: &Endpoint = &broker.endpoint;
     for (i, s) in &sent {
-        let pull = RemotingCommand::request(rc::PULL_MESSAGE)
-            .with_field("consumerGroup", "compat-verifier")
-            .with_field("topic", &topic)
-            .with_field("queueId", s.queue.to_string())
-            .with_field("queueOffset", s.offset.to_string())
-            .with_field("maxMsgNums", "1")
-            .with_field("sysFlag", "0")
-            .with_field("commitOffset", "0")
-            .with_field("suspendTimeoutMillis", "0")
-            .with_field("subscription", "*");
+        let pull = common::pull_request("compat-verifier", &topic, s.queue, s.offset, 1);
         let r = ours
             .invoke(ep, pull, Some(Duration::from_secs(5)))
             .await

@@ -152,9 +152,9 @@ pub fn store_failure(e: StoreError) -> Reject {
 #[derive(Debug)]
 pub struct Fields<'a>(pub &'a RemotingCommand);
 
-impl Fields<'_> {
+impl<'a> Fields<'a> {
     /// A required string field.
-    pub fn str(&self, key: &str) -> Result<&str, Reject> {
+    pub fn str(&self, key: &str) -> Result<&'a str, Reject> {
         self.0.field(key).ok_or_else(|| {
             fail(
                 response_code::SYSTEM_ERROR,
@@ -164,7 +164,7 @@ impl Fields<'_> {
     }
 
     /// A required string field known under two names (V2 one-letter and V1 long names).
-    pub fn str2(&self, short: &str, long: &str) -> Result<&str, Reject> {
+    pub fn str2(&self, short: &str, long: &str) -> Result<&'a str, Reject> {
         self.0
             .field(short)
             .or_else(|| self.0.field(long))
@@ -177,8 +177,19 @@ impl Fields<'_> {
     }
 
     /// An optional field (either name).
-    pub fn opt2(&self, short: &str, long: &str) -> Option<&str> {
+    pub fn opt2(&self, short: &str, long: &str) -> Option<&'a str> {
         self.0.field(short).or_else(|| self.0.field(long))
+    }
+
+    /// An optional integer field known under two names.
+    pub fn opt_num2<T: std::str::FromStr>(
+        &self,
+        short: &str,
+        long: &str,
+    ) -> Result<Option<T>, Reject> {
+        self.opt2(short, long)
+            .map(|v| parse_num(long, v))
+            .transpose()
     }
 
     /// A required integer field.

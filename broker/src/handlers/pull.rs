@@ -208,15 +208,21 @@ fn collect(
     Ok((body.freeze(), next, count))
 }
 
+/// The request's `topic` and `queueId`, checked to exist and be readable.
+fn checked_queue<'a>(b: &Broker, f: &Fields<'a>) -> Result<(&'a str, i32), Reject> {
+    let topic = f.str("topic")?;
+    let queue: i32 = f.num("queueId")?;
+    queue_checked(b, topic, queue)?;
+    Ok((topic, queue))
+}
+
 pub(super) async fn query_consumer_offset(
     b: &Broker,
     req: Request,
 ) -> Result<RemotingCommand, Reject> {
     let f = Fields(&req.command);
     let group = f.str("consumerGroup")?;
-    let topic = f.str("topic")?;
-    let queue: i32 = f.num("queueId")?;
-    queue_checked(b, topic, queue)?;
+    let (topic, queue) = checked_queue(b, &f)?;
     match b.store.committed_offset(group, topic, queue) {
         Some(o) => Ok(ok().with_field("offset", o.to_string())),
         // A new group on a queue that still holds its first message starts at the beginning.
@@ -234,10 +240,8 @@ pub(super) async fn update_consumer_offset(
 ) -> Result<RemotingCommand, Reject> {
     let f = Fields(&req.command);
     let group = f.str("consumerGroup")?;
-    let topic = f.str("topic")?;
-    let queue: i32 = f.num("queueId")?;
+    let (topic, queue) = checked_queue(b, &f)?;
     let offset: i64 = f.num("commitOffset")?;
-    queue_checked(b, topic, queue)?;
     if offset < 0 {
         return Err(fail(
             response_code::SYSTEM_ERROR,
@@ -250,17 +254,13 @@ pub(super) async fn update_consumer_offset(
 
 pub(super) async fn max_offset(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
     let f = Fields(&req.command);
-    let topic = f.str("topic")?;
-    let queue: i32 = f.num("queueId")?;
-    queue_checked(b, topic, queue)?;
+    let (topic, queue) = checked_queue(b, &f)?;
     Ok(ok().with_field("offset", b.store.offsets(topic, queue).1.to_string()))
 }
 
 pub(super) async fn min_offset(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
     let f = Fields(&req.command);
-    let topic = f.str("topic")?;
-    let queue: i32 = f.num("queueId")?;
-    queue_checked(b, topic, queue)?;
+    let (topic, queue) = checked_queue(b, &f)?;
     Ok(ok().with_field("offset", b.store.offsets(topic, queue).0.to_string()))
 }
 
@@ -269,10 +269,8 @@ pub(super) async fn search_offset_by_timestamp(
     req: Request,
 ) -> Result<RemotingCommand, Reject> {
     let f = Fields(&req.command);
-    let topic = f.str("topic")?;
-    let queue: i32 = f.num("queueId")?;
+    let (topic, queue) = checked_queue(b, &f)?;
     let ts: i64 = f.num("timestamp")?;
-    queue_checked(b, topic, queue)?;
     let off = b
         .store
         .search_offset_by_time(topic, queue, ts)

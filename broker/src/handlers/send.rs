@@ -18,10 +18,7 @@ pub(super) async fn send(b: &Broker, req: Request) -> Result<RemotingCommand, Re
     let cmd = &req.command;
     let f = Fields(cmd);
     let topic = f.str2("b", "topic")?;
-    let queues_hint = f
-        .opt2("d", "defaultTopicQueueNums")
-        .map(|v| parse_num::<u32>("defaultTopicQueueNums", v))
-        .transpose()?;
+    let queues_hint = f.opt_num2("d", "defaultTopicQueueNums")?;
     let topic_cfg = b.topic_or_create(topic, queues_hint)?;
     if topic_cfg.perm & crate::store::meta::PERM_WRITE == 0 {
         return Err(fail(
@@ -47,26 +44,10 @@ pub(super) async fn send(b: &Broker, req: Request) -> Result<RemotingCommand, Re
             ),
         ));
     }
-    let sys_flag: i32 = f
-        .opt2("f", "sysFlag")
-        .map(|v| parse_num("sysFlag", v))
-        .transpose()?
-        .unwrap_or(0);
-    let born: i64 = f
-        .opt2("g", "bornTimestamp")
-        .map(|v| parse_num("bornTimestamp", v))
-        .transpose()?
-        .unwrap_or(0);
-    let flag: i32 = f
-        .opt2("h", "flag")
-        .map(|v| parse_num("flag", v))
-        .transpose()?
-        .unwrap_or(0);
-    let reconsume: i32 = f
-        .opt2("j", "reconsumeTimes")
-        .map(|v| parse_num("reconsumeTimes", v))
-        .transpose()?
-        .unwrap_or(0);
+    let sys_flag: i32 = f.opt_num2("f", "sysFlag")?.unwrap_or(0);
+    let born: i64 = f.opt_num2("g", "bornTimestamp")?.unwrap_or(0);
+    let flag: i32 = f.opt_num2("h", "flag")?.unwrap_or(0);
+    let reconsume: i32 = f.opt_num2("j", "reconsumeTimes")?.unwrap_or(0);
     let properties = f.opt2("i", "properties").unwrap_or("");
     let batch =
         cmd.code == rc::SEND_BATCH_MESSAGE || f.opt2("m", "batch").is_some_and(|v| v == "true");

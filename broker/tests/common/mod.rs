@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rdmq_broker::handlers::{Broker, BrokerInfo, router};
 use rdmq_broker::store::{FlushMode, Store, StoreConfig};
+use rdmq_transport::protocol::request_code;
 use rdmq_transport::remoting::{Client, ClientConfig, Server, ServerConfig, ServerHandle};
 use rdmq_transport::{AnyTransport, Endpoint, RemotingCommand};
 
@@ -150,4 +151,27 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A PULL_MESSAGE of up to `max` messages from `topic`/`queue` at `offset`, every tag, no
+/// long polling.
+pub fn pull_request(
+    group: &str,
+    topic: &str,
+    queue: i32,
+    offset: i64,
+    max: u32,
+) -> RemotingCommand {
+    RemotingCommand::request(request_code::PULL_MESSAGE)
+        .with_field("consumerGroup", group)
+        .with_field("topic", topic)
+        .with_field("queueId", queue.to_string())
+        .with_field("queueOffset", offset.to_string())
+        .with_field("maxMsgNums", max.to_string())
+        .with_field("sysFlag", "0")
+        .with_field("commitOffset", "0")
+        .with_field("suspendTimeoutMillis", "0")
+        .with_field("subscription", "*")
+        .with_field("subVersion", "0")
+        .with_field("expressionType", "TAG")
 }
