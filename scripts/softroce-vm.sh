@@ -132,6 +132,8 @@ mount -t tmpfs tmpfs /host/tmp; mount -t tmpfs tmpfs /host/run
 mount -t tmpfs tmpfs /ovl; mkdir -p /ovl/u /ovl/w
 mount -t overlay overlay -o lowerdir=/host/root,upperdir=/ovl/u,workdir=/ovl/w /host/root
 repo=\$(sed -n 's/.*rdmq.repo=\([^ ]*\).*/\1/p' /proc/cmdline)
+# The repository may live under a directory the guest covers with a tmpfs (/tmp, /run).
+mkdir -p /host\$repo 2>/dev/null
 mount -t 9p -o \$o repo /host\$repo || echo "9p repo mount failed"
 mkdir -p /host/tmp/rdmq-ctl; mount -t 9p -o \$o ctl /host/tmp/rdmq-ctl
 chroot /host /bin/bash /tmp/rdmq-ctl/stage2.sh

@@ -59,9 +59,9 @@ cargo test --workspace
 # The binaries are built here; only they run there. Bounded to 10 minutes.
 if [ -z "${RDMQ_SKIP_SOFTROCE:-}" ]; then
   log "SoftRoCE stage"
-  test_bin=$(cargo test -p rdmq-transport --test rdma_hw --no-run 2>&1 | grep -o 'target/debug/deps/rdma_hw-[0-9a-f]*' | head -1)
+  test_bin=$(cargo test -p rdmq-transport --test rdma_hw --no-run 2>&1 | grep -o '[^ (]*/deps/rdma_hw-[0-9a-f]*' | head -1)
   cargo build -q -p rdmq-bench
-  bench_bin=target/debug/rdmq-bench
+  bench_bin=${CARGO_TARGET_DIR:-target}/debug/rdmq-bench
   [ -n "$test_bin" ] || { echo "could not build the device test binary" >&2; exit 1; }
   if scripts/softroce-up.sh >/dev/null 2>&1; then
     log "rdma_rxe available natively"
