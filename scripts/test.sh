@@ -60,14 +60,15 @@ cargo test --workspace
 if [ -z "${RDMQ_SKIP_SOFTROCE:-}" ]; then
   log "SoftRoCE stage"
   test_bin=$(cargo test -p rdmq-transport --test rdma_hw --no-run 2>&1 | grep -o '[^ (]*/deps/rdma_hw-[0-9a-f]*' | head -1)
+  broker_bin=$(cargo test -p rdmq-broker --test handlers --no-run 2>&1 | grep -o '[^ (]*/deps/handlers-[0-9a-f]*' | head -1)
   cargo build -q -p rdmq-bench
   bench_bin=${CARGO_TARGET_DIR:-target}/debug/rdmq-bench
-  [ -n "$test_bin" ] || { echo "could not build the device test binary" >&2; exit 1; }
+  [ -n "$test_bin" ] && [ -n "$broker_bin" ] || { echo "could not build the device test binaries" >&2; exit 1; }
   if scripts/softroce-up.sh >/dev/null 2>&1; then
     log "rdma_rxe available natively"
-    timeout 600 scripts/softroce-stage.sh "$test_bin" "$bench_bin"
+    timeout 600 scripts/softroce-stage.sh "$test_bin" "$bench_bin" "$broker_bin"
   else
-    timeout 660 scripts/softroce-vm.sh --timeout 600 -- scripts/softroce-stage.sh "$test_bin" "$bench_bin"
+    timeout 660 scripts/softroce-vm.sh --timeout 600 -- scripts/softroce-stage.sh "$test_bin" "$bench_bin" "$broker_bin"
   fi
 fi
 

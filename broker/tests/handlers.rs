@@ -505,3 +505,52 @@ async fn the_same_handlers_serve_over_rdma_sim() {
     );
     h.stop().await;
 }
+
+/// An RDMA device to test on: `RDMQ_RDMA_DEVICE`, else the first one libibverbs lists.
+fn rdma_device() -> Option<String> {
+    std::env::var("RDMQ_RDMA_DEVICE")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .or_else(|| {
+            rdmq_transport::rdma::ibverbs::device_names()
+                .into_iter()
+                .next()
+        })
+}
+
+#[tokio::test]
+async fn the_same_handlers_serve_over_real_rdma_when_a_device_is_present() {
+    let Some(device) = rdma_device() else {
+        eprintln!("skipped: no RDMA device (set RDMQ_RDMA_DEVICE, or run scripts/softroce-vm.sh)");
+        return;
+    };
+    let h = Harness::start(
+        &format!("rdma://127.0.0.1:0?device={device}"),
+        info(),
+        |_| {},
+    )
+    .await;
+    let conn = h.client.connection(&h.endpoint).await.unwrap();
+    assert_eq!(
+        conn.info().transport,
+        "rdma",
+        "the link fell back: {}",
+        conn.info().reason
+    );
+    h.call(create_topic("hw", 1)).await;
+    let body: Vec<u8> = (0..64 * 1024).map(|i| (i % 253) as u8).collect();
+    let p = props(&[("TAGS", "t"), ("KEYS", "hw")]);
+    for _ in 0..3 {
+        assert_eq!(
+            h.call(send_v2("hw", 0, &p, &body)).await.code,
+            code::SUCCESS
+        );
+    }
+    let got = records(&h.call(pull("hw", 0, 0, "t")).await);
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter()
+            .all(|m| m.body[..] == body[..] && m.properties == p)
+    );
+    h.stop().await;
+}
