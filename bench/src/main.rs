@@ -41,7 +41,8 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let command = args.next().ok_or_else(|| USAGE.to_owned())?;
-    let mut iterations = 20_000;
+    // Store appends are cheap: a longer default run for stable numbers.
+    let mut iterations = if command == "store" { 400_000 } else { 20_000 };
     let mut only = None;
     let mut sizes = vec![128, 1024, 4096];
     let mut sizes_given = false;

@@ -90,6 +90,7 @@ pub fn run(
         .build()
         .map_err(|e| e.to_string())?;
     let per_task = messages / producers as u64;
+    let born_host = HostAddr::parse("127.0.0.1:1");
     let cpu0 = process_cpu_time();
     let t0 = Instant::now();
     let latency = rt.block_on(async {
@@ -107,7 +108,7 @@ pub fn run(
                         flag: 0,
                         sys_flag: 0,
                         born_timestamp: 0,
-                        born_host: HostAddr::parse("127.0.0.1:1"),
+                        born_host,
                         reconsume_times: 0,
                         properties: props.clone(),
                         body: body.clone(),
