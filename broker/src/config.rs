@@ -17,8 +17,10 @@ use serde::Deserialize;
 
 use crate::handlers::BrokerInfo;
 use crate::message::HostAddr;
+use crate::pop::{InitialOffset, PopConfig};
 use crate::store::meta::TopicConfig;
 use crate::store::{FlushMode, RetentionConfig, StoreConfig};
+use crate::timer::TimerConfig;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,14 @@ pub struct BrokerConfig {
     pub drain_grace_ms: u64,
     /// Topics created at start (existing ones are updated).
     pub topics: Vec<TopicSpec>,
+    /// Where a new consumer group starts popping: `auto`, `first` or `last`.
+    pub pop_initial_offset: InitialOffset,
+    /// Create unknown consumer groups on first pop.
+    pub auto_create_groups: bool,
+    /// Deliveries of a message before it is dead-lettered (groups created implicitly).
+    pub max_delivery_attempts: u32,
+    /// Latest accepted delivery time of a timed message, in hours from now.
+    pub timer_max_delay_hours: u64,
 }
 
 impl Default for BrokerConfig {
@@ -136,6 +146,10 @@ impl Default for BrokerConfig {
             max_long_poll_ms: 30_000,
             drain_grace_ms: 5_000,
             topics: Vec::new(),
+            pop_initial_offset: InitialOffset::Auto,
+            auto_create_groups: true,
+            max_delivery_attempts: 16,
+            timer_max_delay_hours: 40 * 24,
         }
     }
 }
@@ -156,6 +170,9 @@ usage: rdmq-broker [options]
   --default-queues N        queues of auto-created topics
   --max-body BYTES          largest message body (suffixes K, M, G)
   --topic NAME[:QUEUES]     create a topic at start; repeatable
+  --pop-initial-offset M    where new consumer groups start: auto, first or last
+  --auto-create-groups BOOL create unknown consumer groups on first pop
+  --max-delivery-attempts N deliveries before a message is dead-lettered
   --help                    this text
 ";
 
@@ -229,6 +246,21 @@ impl BrokerConfig {
                 "--max-body" => {
                     cfg.max_body = parse_size(value).ok_or_else(|| bad("not a size"))? as usize
                 }
+                "--pop-initial-offset" => {
+                    cfg.pop_initial_offset = match value.as_str() {
+                        "auto" => InitialOffset::Auto,
+                        "first" => InitialOffset::First,
+                        "last" => InitialOffset::Last,
+                        _ => return Err(bad("expected auto, first or last")),
+                    }
+                }
+                "--auto-create-groups" => {
+                    cfg.auto_create_groups =
+                        value.parse().map_err(|_| bad("expected true or false"))?
+                }
+                "--max-delivery-attempts" => {
+                    cfg.max_delivery_attempts = value.parse().map_err(|_| bad("not a number"))?
+                }
                 "--topic" => {
                     let (name, queues) = match value.split_once(':') {
                         Some((n, q)) => (n, q.parse().map_err(|_| bad("queues is not a number"))?),
@@ -276,6 +308,15 @@ impl BrokerConfig {
             return bad(format!(
                 "max body {} does not fit a segment of {} bytes",
                 self.max_body, self.segment_size
+            ));
+        }
+        if self.max_delivery_attempts == 0 {
+            return bad("max delivery attempts must be at least 1".into());
+        }
+        if self.broker_name.is_empty() || self.broker_name.contains(char::is_whitespace) {
+            return bad(format!(
+                "broker name `{}` must be non-empty and without spaces",
+                self.broker_name
             ));
         }
         if !(1..=1024).contains(&self.default_queues) {
@@ -333,6 +374,17 @@ impl BrokerConfig {
             auto_create_topics: self.auto_create_topics,
             default_queues: self.default_queues,
             max_long_poll: Duration::from_millis(self.max_long_poll_ms),
+            pop: PopConfig {
+                broker_name: self.broker_name.clone(),
+                initial: self.pop_initial_offset,
+                auto_create_groups: self.auto_create_groups,
+                default_max_attempts: self.max_delivery_attempts,
+                ..PopConfig::default()
+            },
+            timer: TimerConfig {
+                max_delay: Duration::from_secs(self.timer_max_delay_hours * 3600),
+                ..TimerConfig::default()
+            },
         }
     }
 

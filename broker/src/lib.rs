@@ -4,7 +4,10 @@
 //! [`Transport`](rdmq_transport::Transport).
 
 pub mod config;
+pub mod filter;
 pub mod handlers;
 pub mod message;
+pub mod pop;
 pub mod store;
 pub mod sys;
+pub mod timer;

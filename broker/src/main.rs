@@ -85,7 +85,13 @@ async fn run(cfg: BrokerConfig) -> Result<(), String> {
             .put_topic(t)
             .map_err(|e| format!("cannot create topic: {e}"))?;
     }
-    let broker = Broker::new(store, cfg.broker_info(&advertise));
+    let broker = {
+        let info = cfg.broker_info(&advertise);
+        tokio::task::spawn_blocking(move || Broker::start(store, info))
+            .await
+            .map_err(|e| format!("broker start panicked: {e}"))?
+            .map_err(|e| format!("cannot start the pop and timer services: {e}"))?
+    };
     let server = Server::new(transport, router(broker.clone()), ServerConfig::default());
     let mut handles = Vec::new();
     {
@@ -110,7 +116,7 @@ async fn run(cfg: BrokerConfig) -> Result<(), String> {
     for h in handles {
         h.shutdown(grace).await;
     }
-    tokio::task::spawn_blocking(move || broker.store.shutdown())
+    tokio::task::spawn_blocking(move || broker.shutdown())
         .await
         .map_err(|e| format!("store shutdown panicked: {e}"))?;
     tracing::info!("stopped");

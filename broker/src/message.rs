@@ -25,6 +25,24 @@ pub mod prop {
     pub const TIMER_DELIVER_MS: &str = "TIMER_DELIVER_MS";
     /// FIFO message group.
     pub const SHARDING_KEY: &str = "__SHARDINGKEY";
+    /// Relative delivery delay in seconds (5.x clients).
+    pub const TIMER_DELAY_SEC: &str = "TIMER_DELAY_SEC";
+    /// Relative delivery delay in milliseconds (5.x clients).
+    pub const TIMER_DELAY_MS: &str = "TIMER_DELAY_MS";
+    /// Destination topic of a message parked in a system topic (timers).
+    pub const REAL_TOPIC: &str = "REAL_TOPIC";
+    /// Destination queue of a message parked in a system topic.
+    pub const REAL_QID: &str = "REAL_QID";
+    /// The original topic of a message in a retry or dead-letter topic.
+    pub const RETRY_TOPIC: &str = "RETRY_TOPIC";
+    /// The id of the message a retry copy was made from.
+    pub const ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+    /// The receipt handle of a popped message.
+    pub const POP_CK: &str = "POP_CK";
+    /// First delivery time of a popped message (ms).
+    pub const FIRST_POP_TIME: &str = "1ST_POP_TIME";
+    /// rdmq: the commit-log offset of the timer record a fired message came from.
+    pub const TIMER_SRC: &str = "__RDMQ_TIMER_SRC";
 }
 
 /// Why a properties string is invalid.
@@ -191,6 +209,24 @@ pub struct NewMessage {
     pub properties: String,
     /// Body.
     pub body: Bytes,
+}
+
+impl NewMessage {
+    /// A copy of a stored message for re-putting (into its real topic, a retry or a
+    /// dead-letter topic), with `properties` replaced.
+    pub fn from_stored(m: &StoredMessage, topic: &str, queue_id: i32, properties: String) -> Self {
+        NewMessage {
+            topic: topic.to_owned(),
+            queue_id,
+            flag: m.flag,
+            sys_flag: m.sys_flag,
+            born_timestamp: m.born_timestamp,
+            born_host: m.born_host,
+            reconsume_times: m.reconsume_times,
+            properties,
+            body: m.body.clone(),
+        }
+    }
 }
 
 /// Size of a stored record for `msg`.

@@ -52,6 +52,7 @@ pub mod response_code {
     pub const PULL_OFFSET_MOVED: i32 = 21;
     pub const QUERY_NOT_FOUND: i32 = 22;
     pub const SUBSCRIPTION_NOT_EXIST: i32 = 24;
+    pub const SUBSCRIPTION_GROUP_NOT_EXIST: i32 = 26;
     pub const INVALID_PARAMETER: i32 = 29;
     pub const NO_MESSAGE: i32 = 208;
     pub const POLLING_FULL: i32 = 209;

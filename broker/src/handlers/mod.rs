@@ -2,6 +2,7 @@
 //! them. Bad input gets the response code upstream uses and a remark saying what is wrong.
 
 mod admin;
+mod pop;
 mod pull;
 mod route;
 mod send;
@@ -13,8 +14,10 @@ use rdmq_transport::RemotingCommand;
 use rdmq_transport::protocol::{request_code as rc, response_code};
 use rdmq_transport::remoting::{Request, Router};
 
+use crate::pop::{PopConfig, PopService};
 use crate::store::meta::TopicConfig;
 use crate::store::{Store, StoreError};
+use crate::timer::{TimerConfig, TimerService};
 
 /// Broker identity and policies the handlers need.
 #[derive(Debug, Clone)]
@@ -31,6 +34,10 @@ pub struct BrokerInfo {
     pub default_queues: u32,
     /// Longest a PULL may be parked waiting for messages.
     pub max_long_poll: std::time::Duration,
+    /// Pop consumption settings (`broker_name` is taken from above).
+    pub pop: PopConfig,
+    /// Timer settings.
+    pub timer: TimerConfig,
 }
 
 impl Default for BrokerInfo {
@@ -42,6 +49,8 @@ impl Default for BrokerInfo {
             auto_create_topics: true,
             default_queues: 4,
             max_long_poll: std::time::Duration::from_secs(30),
+            pop: PopConfig::default(),
+            timer: TimerConfig::default(),
         }
     }
 }
@@ -66,16 +75,35 @@ pub struct Broker {
     pub info: BrokerInfo,
     /// Clients by id.
     pub clients: Mutex<HashMap<String, ClientInfo>>,
+    /// Pop consumption.
+    pub pop: PopService,
+    /// Timed and delayed messages.
+    pub timers: TimerService,
 }
 
 impl Broker {
-    /// A broker over `store`.
-    pub fn new(store: Store, info: BrokerInfo) -> Arc<Broker> {
-        Arc::new(Broker {
+    /// A broker over `store`: recovers and starts the pop and timer services (their state
+    /// lives next to the store, in `pop/` and `timer/`).
+    pub fn start(store: Store, info: BrokerInfo) -> Result<Arc<Broker>, StoreError> {
+        let dir = store.config().dir.clone();
+        let mut pop_cfg = info.pop.clone();
+        pop_cfg.broker_name = info.broker_name.clone();
+        let pop = PopService::start(store.clone(), &dir.join("pop"), pop_cfg)?;
+        let timers = TimerService::start(store.clone(), &dir.join("timer"), info.timer.clone())?;
+        Ok(Arc::new(Broker {
             store,
             info,
             clients: Mutex::new(HashMap::new()),
-        })
+            pop,
+            timers,
+        }))
+    }
+
+    /// Stops the services, then the store (flushed and checkpointed).
+    pub fn shutdown(&self) {
+        self.timers.shutdown();
+        self.pop.shutdown();
+        self.store.shutdown();
     }
 
     /// The topic, created with `queues` queues if unknown and auto-creation is on.
@@ -259,5 +287,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         admin::consumer_list_by_group
     );
     route!(rc::GET_ROUTEINFO_BY_TOPIC, admin::route_info);
+    route!(rc::POP_MESSAGE, pop::pop);
+    route!(rc::ACK_MESSAGE, pop::ack);
+    route!(rc::BATCH_ACK_MESSAGE, pop::batch_ack);
+    route!(rc::CHANGE_MESSAGE_INVISIBLETIME, pop::change_invisible);
+    route!(rc::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, pop::create_group);
     r
 }

@@ -9,6 +9,7 @@ use rdmq_transport::protocol::response_code;
 use rdmq_transport::remoting::Request;
 
 use super::{Broker, Fields, Reject, fail, ok, reply, store_failure};
+use crate::filter::TagFilter;
 use crate::message::{self, Properties};
 use crate::store::meta::PERM_READ;
 
@@ -19,42 +20,6 @@ const FLAG_SUSPEND: i32 = 0x2;
 /// Most messages and bytes one PULL returns.
 const MAX_MESSAGES: usize = 1024;
 const MAX_BYTES: usize = 8 << 20;
-
-/// A tag subscription: `*` (or empty) matches everything, else `a || b || …`.
-#[derive(Debug, Clone)]
-pub struct TagFilter(Option<Vec<String>>);
-
-impl TagFilter {
-    /// Parses a subscription expression.
-    pub fn parse(expr: &str) -> TagFilter {
-        let e = expr.trim();
-        if e.is_empty() || e == "*" {
-            return TagFilter(None);
-        }
-        TagFilter(Some(
-            e.split("||")
-                .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty())
-                .collect(),
-        ))
-    }
-
-    /// Cheap pre-check on a consume-queue tag hash.
-    pub fn may_match(&self, tag_hash: i64) -> bool {
-        match &self.0 {
-            None => true,
-            Some(tags) => tags.iter().any(|t| message::tag_hash(Some(t)) == tag_hash),
-        }
-    }
-
-    /// Exact check on the record's tag.
-    pub fn matches(&self, tag: Option<&str>) -> bool {
-        match &self.0 {
-            None => true,
-            Some(tags) => tag.is_some_and(|t| tags.iter().any(|x| x == t)),
-        }
-    }
-}
 
 fn queue_checked(b: &Broker, topic: &str, queue: i32) -> Result<(), Reject> {
     let t = b.store.topic(topic).ok_or_else(|| {
@@ -194,7 +159,7 @@ fn collect(
             continue;
         }
         let rec = b.store.read_entry(&e).map_err(store_failure)?;
-        if filter.0.is_some() {
+        if filter.is_selective() {
             let m = message::decode_record(&rec)
                 .map_err(|e| fail(response_code::SYSTEM_ERROR, e.to_string()))?;
             let props = Properties::parse(&m.properties).unwrap_or_default();

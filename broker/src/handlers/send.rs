@@ -9,7 +9,8 @@ use rdmq_transport::protocol::{request_code as rc, response_code};
 use rdmq_transport::remoting::Request;
 
 use super::{Broker, Fields, Reject, fail, ok, parse_num, store_failure};
-use crate::message::{self, HostAddr, NewMessage, Properties, prop};
+use crate::message::{self, HostAddr, NewMessage};
+use crate::timer;
 
 /// How long a send may wait for its flush before FLUSH_DISK_TIMEOUT.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,6 +81,15 @@ pub(super) async fn send(b: &Broker, req: Request) -> Result<RemotingCommand, Re
             cmd.body.clone(),
         )?);
     }
+    // Timed and delayed messages wait in the timer topic until they are due.
+    let now = crate::store::now_ms();
+    for m in msgs.iter_mut() {
+        match timer::deliver_at(&m.properties, now, b.info.timer.max_delay) {
+            Ok(Some(at)) => *m = timer::park(m, at),
+            Ok(None) => {}
+            Err(e) => return Err(fail(response_code::MESSAGE_ILLEGAL, e.to_string())),
+        }
+    }
     let placed = b.store.append(&msgs).map_err(store_failure)?;
     let last = placed.last().expect("at least one message");
     if let Err(e) = b.store.wait_stored(last.end, FLUSH_TIMEOUT).await {
@@ -116,20 +126,12 @@ fn new_message(
     properties: &str,
     body: Bytes,
 ) -> Result<NewMessage, Reject> {
-    let props = Properties::parse(properties).map_err(|e| {
+    message::scan_properties(properties, |_, _| {}).map_err(|e| {
         fail(
             response_code::MESSAGE_ILLEGAL,
             format!("invalid properties: {e}"),
         )
     })?;
-    if let Some(delay) = props.get(prop::DELAY)
-        && delay.parse::<i32>().is_err()
-    {
-        return Err(fail(
-            response_code::MESSAGE_ILLEGAL,
-            format!("property DELAY `{delay}` is not a delay level"),
-        ));
-    }
     Ok(NewMessage {
         topic: topic.to_owned(),
         queue_id,

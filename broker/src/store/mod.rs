@@ -418,6 +418,31 @@ impl Store {
     /// Creates or updates a topic, durably.
     pub fn put_topic(&self, topic: TopicConfig) -> Result<(), StoreError> {
         validate_topic_name(&topic.name)?;
+        self.put_topic_unchecked(topic)
+    }
+
+    /// Creates a broker-internal topic (retry, dead-letter, timer and pop-log topics) if it
+    /// does not exist. Their names may use `+`, which user topics cannot.
+    pub fn ensure_system_topic(&self, name: &str, queues: u32) -> Result<TopicConfig, StoreError> {
+        if let Some(t) = self.topic(name) {
+            return Ok(t);
+        }
+        if name.is_empty()
+            || name.len() > 255
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '%' | '|' | '+'))
+        {
+            return Err(StoreError::Illegal(format!(
+                "system topic name `{name}` is not valid"
+            )));
+        }
+        let t = TopicConfig::new(name, queues);
+        self.put_topic_unchecked(t.clone())?;
+        Ok(t)
+    }
+
+    fn put_topic_unchecked(&self, topic: TopicConfig) -> Result<(), StoreError> {
         if topic.queues() == 0 || topic.queues() > 1024 {
             return Err(StoreError::Illegal(format!(
                 "topic `{}` must have between 1 and 1024 queues",
@@ -637,6 +662,30 @@ impl Store {
             .map_err(|_| missing())
     }
 
+    /// Calls `each(offset, record)` for every record from commit-log offset `from` up to what
+    /// is written now (skipping the zero fill at the end of rolled segments). For recovery
+    /// of services that log through the store; reads only, stops at the first unreadable
+    /// frame.
+    pub fn scan_records(&self, from: u64, mut each: impl FnMut(u64, Bytes)) {
+        let end = self.shared.written.get();
+        let mut pos = from.max(self.log_start());
+        while pos < end {
+            match self.shared.segments.read_frame(pos) {
+                Ok(f) => {
+                    pos += FRAME_HEADER + f.record.len() as u64;
+                    each(f.offset, f.record);
+                }
+                Err(_) => {
+                    // End of a segment's data: continue in the next segment, if any.
+                    match self.shared.segments.bases().into_iter().find(|b| *b > pos) {
+                        Some(next) if next < end => pos = next,
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+
     /// The record of a consume-queue entry.
     pub fn read_entry(&self, e: &CqEntry) -> Result<Bytes, StoreError> {
         Ok(self.shared.segments.read_record(e.phys, e.size)?)
@@ -766,7 +815,7 @@ impl Drop for Shared {
     }
 }
 
-fn store_timestamp(record: &[u8]) -> i64 {
+pub(crate) fn store_timestamp(record: &[u8]) -> i64 {
     // totalSize 4, magic 4, bodyCRC 4, queueId 4, flag 4, queueOffset 8, physicalOffset 8,
     // sysFlag 4, bornTimestamp 8, bornHost 8 (IPv4) → storeTimestamp at 56.
     let sys_flag = i32::from_be_bytes(record[36..40].try_into().expect("4 bytes"));

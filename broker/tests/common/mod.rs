@@ -61,7 +61,7 @@ impl Harness {
         cfg.segment_size = 64 << 20;
         tune(&mut cfg);
         let store = Store::open(cfg).unwrap();
-        let broker = Broker::new(store, info);
+        let broker = Broker::start(store, info).unwrap();
         let transport = AnyTransport::default();
         let server = Server::new(
             transport.clone(),
@@ -93,7 +93,7 @@ impl Harness {
         if let Some(h) = self.server.take() {
             h.shutdown(Duration::from_secs(1)).await;
         }
-        self.broker.store.shutdown();
+        self.broker.shutdown();
     }
 }
 

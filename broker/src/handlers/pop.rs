@@ -1,0 +1,197 @@
+//! POP_MESSAGE (200050), ACK_MESSAGE (200051), BATCH_ACK_MESSAGE (200151),
+//! CHANGE_MESSAGE_INVISIBLETIME (200053) and UPDATE_AND_CREATE_SUBSCRIPTIONGROUP (200).
+//!
+//! Receipt handles travel in `extraInfo` (ack, change) and in each popped record's `POP_CK`
+//! property. BATCH_ACK_MESSAGE takes a JSON body `{"consumerGroup": …, "receiptHandles": […]}`
+//! and answers `{"results": [{"code": …, "remark": …}, …]}` in the same order.
+
+use bytes::BytesMut;
+use rdmq_transport::RemotingCommand;
+use rdmq_transport::protocol::response_code;
+use rdmq_transport::remoting::Request;
+use std::time::Duration;
+
+use super::{Broker, Fields, Reject, fail, ok, reply, store_failure};
+use crate::filter::TagFilter;
+use crate::pop::{GroupConfig, PopError, PopRequest, ReceiptHandle};
+
+/// The response for a pop error.
+fn pop_failure(e: PopError) -> Reject {
+    let code = match &e {
+        PopError::UnknownGroup(_) => response_code::SUBSCRIPTION_GROUP_NOT_EXIST,
+        PopError::UnknownTopic(_) => response_code::TOPIC_NOT_EXIST,
+        PopError::Invalid(_) | PopError::BadHandle(_) => response_code::INVALID_PARAMETER,
+        PopError::Expired(_) | PopError::Stale(_) => response_code::NO_MESSAGE,
+        PopError::Store(s) => return store_failure(s.clone()),
+    };
+    fail(code, e.to_string())
+}
+
+pub(super) async fn pop(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let exp_type = f.0.field("expType").unwrap_or("TAG");
+    if !exp_type.eq_ignore_ascii_case("TAG") {
+        return Err(fail(
+            response_code::SUBSCRIPTION_NOT_EXIST,
+            format!("expression type `{exp_type}` is not supported (only TAG)"),
+        ));
+    }
+    let poll_ms: i64 = f.opt_num("pollTime")?.unwrap_or(0);
+    let r = PopRequest {
+        group: f.str("consumerGroup")?.to_owned(),
+        topic: f.str("topic")?.to_owned(),
+        queue: f.opt_num("queueId")?.unwrap_or(-1),
+        max: f.num::<i64>("maxMsgNums")?.clamp(0, u32::MAX as i64) as u32,
+        invisible_ms: f.num("invisibleTime")?,
+        poll: Duration::from_millis(poll_ms.max(0) as u64),
+        filter: TagFilter::parse(f.0.field("exp").unwrap_or("*")),
+        fifo: f.0.field("order").is_some_and(|v| v == "true"),
+    };
+    let res = b.pop.pop(&r).await.map_err(pop_failure)?;
+    let header = |c: RemotingCommand| {
+        c.with_field("popTime", res.pop_time.to_string())
+            .with_field("invisibleTime", res.invisible_ms.to_string())
+            .with_field("reviveQid", "0")
+            .with_field("restNum", res.rest.to_string())
+    };
+    if res.messages.is_empty() {
+        let code = if poll_ms > 0 {
+            response_code::POLLING_TIMEOUT
+        } else {
+            response_code::PULL_NOT_FOUND
+        };
+        return Ok(header(reply(code, "no new message")));
+    }
+    let mut body = BytesMut::with_capacity(res.messages.iter().map(|m| m.record.len()).sum());
+    for m in &res.messages {
+        body.extend_from_slice(&m.record);
+    }
+    Ok(header(ok()).with_body(body.freeze()))
+}
+
+/// The handle of an ACK or CHANGE request, checked against the header's offset.
+fn handle_of<'a>(f: &Fields<'a>) -> Result<&'a str, Reject> {
+    let raw = f.str("extraInfo")?;
+    if let Some(off) = f.opt_num::<i64>("offset")? {
+        let h = ReceiptHandle::parse(raw)
+            .map_err(|e| fail(response_code::INVALID_PARAMETER, e.to_string()))?;
+        if h.offset != off {
+            return Err(fail(
+                response_code::INVALID_PARAMETER,
+                format!(
+                    "offset {off} does not match the receipt handle's offset {}",
+                    h.offset
+                ),
+            ));
+        }
+    }
+    Ok(raw)
+}
+
+pub(super) async fn ack(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let group = f.str("consumerGroup")?;
+    let handle = handle_of(&f)?;
+    b.pop.ack(group, handle).await.map_err(pop_failure)?;
+    Ok(ok())
+}
+
+pub(super) async fn change_invisible(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let group = f.str("consumerGroup")?;
+    let handle = handle_of(&f)?;
+    let invisible: i64 = f.num("invisibleTime")?;
+    let new = b
+        .pop
+        .change_invisible(group, handle, invisible)
+        .await
+        .map_err(pop_failure)?;
+    Ok(ok()
+        .with_field("popTime", new.pop_time.to_string())
+        .with_field("invisibleTime", new.invisible.to_string())
+        .with_field("reviveQid", "0")
+        .with_field("receiptHandle", new.to_string()))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchAck {
+    consumer_group: String,
+    receipt_handles: Vec<String>,
+}
+
+pub(super) async fn batch_ack(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let batch: BatchAck = serde_json::from_slice(&req.command.body).map_err(|e| {
+        fail(
+            response_code::INVALID_PARAMETER,
+            format!("batch ack body must be {{\"consumerGroup\", \"receiptHandles\"}} JSON: {e}"),
+        )
+    })?;
+    if batch.receipt_handles.is_empty() || batch.receipt_handles.len() > 1024 {
+        return Err(fail(
+            response_code::INVALID_PARAMETER,
+            format!(
+                "a batch ack holds 1 to 1024 handles, got {}",
+                batch.receipt_handles.len()
+            ),
+        ));
+    }
+    let mut results = Vec::with_capacity(batch.receipt_handles.len());
+    for h in &batch.receipt_handles {
+        results.push(match b.pop.ack(&batch.consumer_group, h).await {
+            Ok(()) => serde_json::json!({ "code": response_code::SUCCESS }),
+            Err(e) => {
+                let r = pop_failure(e);
+                serde_json::json!({ "code": r.code, "remark": r.remark })
+            }
+        });
+    }
+    Ok(ok().with_body(
+        serde_json::json!({ "results": results })
+            .to_string()
+            .into_bytes(),
+    ))
+}
+
+pub(super) async fn create_group(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let v: serde_json::Value = serde_json::from_slice(&req.command.body).map_err(|e| {
+        fail(
+            response_code::INVALID_PARAMETER,
+            format!("subscription group body is not JSON: {e}"),
+        )
+    })?;
+    let name = v
+        .get("groupName")
+        .and_then(|n| n.as_str())
+        .filter(|n| !n.is_empty() && !n.contains(char::is_whitespace))
+        .ok_or_else(|| {
+            fail(
+                response_code::INVALID_PARAMETER,
+                "subscription group body needs a groupName without spaces",
+            )
+        })?;
+    let max_attempts = match v.get("retryMaxTimes") {
+        None => b.info.pop.default_max_attempts,
+        Some(n) => n
+            .as_u64()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                fail(
+                    response_code::INVALID_PARAMETER,
+                    "retryMaxTimes must be 1 to 1000",
+                )
+            })? as u32,
+    };
+    b.pop
+        .put_group(GroupConfig {
+            name: name.to_owned(),
+            max_attempts,
+        })
+        .map_err(store_failure)?;
+    tracing::info!(
+        group = name,
+        max_attempts,
+        "consumer group created or updated"
+    );
+    Ok(ok())
+}
