@@ -685,57 +685,50 @@ impl Inner {
             return Ok(None);
         }
         let seq = self.next_seq();
-        // (offset, entry, attempt)
-        let mut picked: Vec<(i64, CqEntry, Option<u32>)> = Vec::new();
+        let mut batch = Batch {
+            req,
+            now,
+            seq,
+            key: &key,
+            broker: &self.cfg.broker_name,
+            items: Vec::new(),
+            delivered: Vec::new(),
+            groups: Vec::new(),
+        };
+        let mut stopped = false;
         if req.fifo {
             for (off, attempts) in &qs.redeliver {
-                if picked.len() == need {
+                if batch.delivered.len() >= need {
                     break;
                 }
-                if let Some(e) = cq.entry(*off) {
-                    picked.push((*off, e, Some(attempts + 1)));
+                if let Some(e) = cq.entry(*off)
+                    && batch.take(&self.store, *off, &e, Some(attempts + 1)) == Pick::Stop
+                {
+                    stopped = true;
+                    break;
                 }
             }
         }
         let mut cursor = qs.cursor.max(cq.min_offset());
-        let scan = (need * 4).max(64);
-        for (off, e) in cq.entries_from(cursor, scan) {
-            if picked.len() == need {
-                break;
+        if !stopped {
+            let scan = (need * 4).max(64);
+            for (off, e) in cq.entries_from(cursor, scan) {
+                if batch.delivered.len() >= need {
+                    break;
+                }
+                if qs.inflight.contains_key(&off) || !req.filter.may_match(e.tag_hash) {
+                    cursor = off + 1;
+                    continue;
+                }
+                match batch.take(&self.store, off, &e, None) {
+                    Pick::Stop => break,
+                    Pick::Skip | Pick::Taken => cursor = off + 1,
+                }
             }
-            cursor = off + 1;
-            if qs.inflight.contains_key(&off) || !req.filter.may_match(e.tag_hash) {
-                continue;
-            }
-            picked.push((off, e, None));
         }
-        // Read, filter exactly, re-encode.
-        let mut items = Vec::with_capacity(picked.len());
-        let mut delivered = Vec::with_capacity(picked.len());
-        for (off, e, attempt) in picked {
-            let Ok(rec) = self.store.read_entry(&e) else {
-                continue;
-            };
-            let Ok(m) = message::decode_record(&rec) else {
-                continue;
-            };
-            let props = Properties::parse(&m.properties).unwrap_or_default();
-            if req.filter.is_selective() && !req.filter.matches(props.tag()) {
-                continue;
-            }
-            let attempt = attempt.unwrap_or(m.reconsume_times.max(0) as u32 + 1);
-            let handle = ReceiptHandle {
-                pop_time: now,
-                invisible: req.invisible_ms,
-                seq,
-                queue: key.queue,
-                offset: off,
-                broker: self.cfg.broker_name.clone(),
-                topic: key.topic.clone(),
-            };
-            items.push((off, attempt));
-            delivered.push((m, props, handle, attempt));
-        }
+        let Batch {
+            items, delivered, ..
+        } = batch;
         if items.is_empty() && cursor == qs.cursor && !created {
             return Ok(None);
         }
@@ -915,5 +908,71 @@ impl Inner {
         self.store.wait_stored(end, WAIT).await?;
         meta::save_json(&self.dir, SNAPSHOT, &snap)?;
         Ok(snap.log_offset)
+    }
+}
+
+/// What [`Batch::take`] did with a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    /// Delivered.
+    Taken,
+    /// Passed over (filtered out or unreadable); the cursor moves past it.
+    Skip,
+    /// FIFO: its message group is already in the batch; stop here.
+    Stop,
+}
+
+/// The messages one pop takes from one queue.
+struct Batch<'a> {
+    req: &'a PopRequest,
+    now: i64,
+    seq: u64,
+    key: &'a QueueKey,
+    broker: &'a str,
+    items: Vec<(i64, u32)>,
+    delivered: Vec<(StoredMessage, Properties, ReceiptHandle, u32)>,
+    /// FIFO: message groups in the batch. One message per group per batch (the queue then
+    /// stays locked until the batch is acked), so a group's next message is never handed out
+    /// while one is in flight.
+    groups: Vec<String>,
+}
+
+impl Batch<'_> {
+    /// Considers the message at `off` (`attempt` is set for FIFO redeliveries).
+    fn take(&mut self, store: &Store, off: i64, e: &CqEntry, attempt: Option<u32>) -> Pick {
+        let Some((m, props)) = store
+            .read_entry(e)
+            .ok()
+            .and_then(|rec| message::decode_record(&rec).ok())
+            .and_then(|m| Properties::parse(&m.properties).ok().map(|p| (m, p)))
+        else {
+            return Pick::Skip;
+        };
+        if attempt.is_none()
+            && self.req.filter.is_selective()
+            && !self.req.filter.matches(props.tag())
+        {
+            return Pick::Skip;
+        }
+        if self.req.fifo {
+            let g = props.get(prop::SHARDING_KEY).unwrap_or("");
+            if self.groups.iter().any(|x| x == g) {
+                return Pick::Stop;
+            }
+            self.groups.push(g.to_owned());
+        }
+        let attempt = attempt.unwrap_or(m.reconsume_times.max(0) as u32 + 1);
+        let handle = ReceiptHandle {
+            pop_time: self.now,
+            invisible: self.req.invisible_ms,
+            seq: self.seq,
+            queue: self.key.queue,
+            offset: off,
+            broker: self.broker.to_owned(),
+            topic: self.key.topic.clone(),
+        };
+        self.items.push((off, attempt));
+        self.delivered.push((m, props, handle, attempt));
+        Pick::Taken
     }
 }
