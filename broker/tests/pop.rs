@@ -535,7 +535,7 @@ async fn fifo_groups_stay_in_order_with_concurrent_consumers() {
     for c in consumers {
         c.await.unwrap();
     }
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
     for g in 0..GROUPS {
         assert_eq!(
             acked[&format!("g{g}")],
