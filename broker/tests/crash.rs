@@ -202,7 +202,14 @@ async fn acknowledged_messages_survive_repeated_sigkill() {
         let acks = acked.lock().unwrap().clone();
         for (id, ack) in &acks {
             let m = stored.get(id).unwrap_or_else(|| {
-                panic!("round {round}: acknowledged message {id} lost (seed {seed})")
+                let in_queue = stored.values().filter(|m| m.queue_id == ack.queue).count();
+                let max_phys = stored.values().map(|m| m.physical_offset).max();
+                panic!(
+                    "round {round}: acknowledged message {id} lost (seed {seed}): acked at queue {} offset {} phys {:?}; the queue now holds {in_queue}, highest stored phys {max_phys:?}",
+                    ack.queue,
+                    ack.queue_offset,
+                    message::parse_offset_msg_id(&ack.msg_id)
+                )
             });
             assert_eq!(
                 (m.queue_id, m.queue_offset),

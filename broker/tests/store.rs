@@ -352,3 +352,40 @@ fn bad_input_and_a_full_disk_are_typed_errors() {
     assert!(read_all(&store, "T", 0).iter().all(|m| m.body.len() == 900));
     store.shutdown();
 }
+
+#[test]
+fn a_roll_leaving_less_than_a_header_of_slack_is_not_mistaken_for_a_tear() {
+    // Preallocated segments end in zero fill; when a roll leaves fewer bytes than a frame
+    // header at the end of a segment, recovery must see the clean end, not a torn frame.
+    for slack in 1..=8u64 {
+        let dir = tmp();
+        let segment = 4096u64;
+        let c = StoreConfig {
+            segment_size: segment,
+            ..cfg(dir.path(), FlushMode::Sync)
+        };
+        let store = Store::open(c.clone()).unwrap();
+        store.put_topic(TopicConfig::new("T", 1)).unwrap();
+        let overhead = 8 + message::record_len(&msg("T", 0, 0, 0)) as u64;
+        let first = msg("T", 0, 0, (segment - slack - overhead) as usize);
+        let placed = rt()
+            .block_on(store.put(&[first, msg("T", 0, 1, 100), msg("T", 0, 2, 100)]))
+            .unwrap();
+        assert_eq!(placed[0].end, segment - slack);
+        assert_eq!(
+            placed[1].phys,
+            segment - slack,
+            "second message rolled to a new segment"
+        );
+        store.shutdown();
+        rewind_checkpoint(dir.path());
+        let store = Store::open(c).unwrap();
+        assert_eq!(
+            store.offsets("T", 0),
+            (0, 3),
+            "slack {slack}: messages lost in recovery"
+        );
+        assert_eq!(read_all(&store, "T", 0).len(), 3);
+        store.shutdown();
+    }
+}

@@ -230,28 +230,28 @@ impl Segments {
             }
             let f = self.files().get(base).cloned().expect("listed segment");
             let file_len = f.metadata()?.len();
+            let last = i + 1 == bases.len();
             loop {
                 let rel = pos - base;
-                if rel + FRAME_HEADER > file_len {
-                    // End of this segment's data (a partial header is a torn tail).
-                    if rel < file_len {
-                        return self.cut(&bases, i, pos, true);
+                let avail = file_len.saturating_sub(rel).min(FRAME_HEADER) as usize;
+                let mut head = [0u8; FRAME_HEADER as usize];
+                f.read_exact_at(&mut head[..avail], rel)?;
+                if head[..avail].iter().all(|b| *b == 0) {
+                    // The end of this segment's data: the file ends, or zero fill follows
+                    // (preallocation, or the slack a roll leaves, which may be shorter than a
+                    // header). Frames are written header first in one write, so zeros here
+                    // are a clean end, not a tear.
+                    if last && avail > 0 {
+                        return self.cut(&bases, i, pos, false);
                     }
                     break;
                 }
-                let mut head = [0u8; FRAME_HEADER as usize];
-                f.read_exact_at(&mut head, rel)?;
+                if avail < FRAME_HEADER as usize {
+                    // Part of a header: a torn write.
+                    return self.cut(&bases, i, pos, true);
+                }
                 let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as u64;
                 let crc = u32::from_be_bytes(head[4..].try_into().expect("4 bytes"));
-                if len == 0 && crc == 0 {
-                    // Zero fill (preallocated, or the end of a rolled segment): no more frames
-                    // in this segment. Frames are written header first in one write, so this is
-                    // a clean end, not a tear.
-                    if i + 1 < bases.len() {
-                        break;
-                    }
-                    return self.cut(&bases, i, pos, false);
-                }
                 if rel + FRAME_HEADER + len > file_len {
                     return self.cut(&bases, i, pos, true);
                 }
