@@ -25,6 +25,11 @@ commands:
               in ASYNC and SYNC flush modes, from --producers concurrent producers on one
               core, with CPU cores used; files go under --dir (default target/store-bench);
               --modes async,sync picks the flush modes
+  pop         pop + ack throughput of 1 KiB messages (--sizes): --producers consumers
+              (default 16) pop batches of 32 and ack each message, in ASYNC and SYNC modes;
+              every pop and ack is logged through the commit log before it is answered
+  timers      timer firing accuracy: --iterations timers (default 200000) due over 5 s are
+              parked, fired by the timing wheel, and their lateness reported (p50/p99/max)
 ";
 
 struct Args {
@@ -42,11 +47,16 @@ fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let command = args.next().ok_or_else(|| USAGE.to_owned())?;
     // Store appends are cheap: a longer default run for stable numbers.
-    let mut iterations = if command == "store" { 400_000 } else { 20_000 };
+    let mut iterations = match command.as_str() {
+        "store" => 400_000,
+        "pop" => 100_000,
+        "timers" => 200_000,
+        _ => 20_000,
+    };
     let mut only = None;
     let mut sizes = vec![128, 1024, 4096];
     let mut sizes_given = false;
-    let mut producers = 256;
+    let mut producers = if command == "pop" { 16 } else { 256 };
     let mut dir = std::path::PathBuf::from("target/store-bench");
     let mut modes = vec!["async".to_owned(), "sync".to_owned()];
     while let Some(a) = args.next() {
@@ -376,6 +386,88 @@ fn store_bench(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+fn pop_bench(args: &Args) -> Result<(), String> {
+    use rdmq_bench::{pop, store};
+    use rdmq_broker::store::FlushMode;
+    let sizes = if args.sizes_given {
+        args.sizes.clone()
+    } else {
+        vec![1024]
+    };
+    std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    println!("{}", machine_line());
+    println!(
+        "pop under {} ({}), in process; {} consumers on one runtime thread, batches of 32, one ack per message",
+        args.dir.display(),
+        store::fs_type(&args.dir),
+        args.producers
+    );
+    for &size in &sizes {
+        for (name, flush) in [
+            (
+                "ASYNC",
+                FlushMode::Async {
+                    interval: std::time::Duration::from_millis(500),
+                },
+            ),
+            ("SYNC", FlushMode::Sync),
+        ] {
+            if !args.modes.iter().any(|m| m.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            let dir =
+                store::run_dir(&args.dir, &format!("pop-{name}")).map_err(|e| e.to_string())?;
+            let r = pop::run_pop(&dir, flush, size, args.iterations, args.producers, 32);
+            let _ = std::fs::remove_dir_all(&dir);
+            let r = r?;
+            println!(
+                "pop+ack {name:<5} {size:>5} B  {:>8.0} msg/s ({} pops, {:.1} msg/pop)  | {:.2} cores busy",
+                r.rate(),
+                r.pops,
+                r.messages as f64 / r.pops as f64,
+                r.cpu.as_secs_f64() / r.wall.as_secs_f64(),
+            );
+            println!("    pop latency {}", summary(&r.pop_latency));
+            println!("    ack latency {}", summary(&r.ack_latency));
+        }
+    }
+    Ok(())
+}
+
+fn timer_bench(args: &Args) -> Result<(), String> {
+    use rdmq_bench::{pop, store};
+    use std::time::Duration;
+    std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    println!("{}", machine_line());
+    let spread = Duration::from_secs(5);
+    let lead = Duration::from_secs(2);
+    println!(
+        "timers under {} ({}), in process: {} timers due evenly over {} s, starting {} s ahead; lateness = fired copy's store time - delivery time",
+        args.dir.display(),
+        store::fs_type(&args.dir),
+        args.iterations,
+        spread.as_secs(),
+        lead.as_secs()
+    );
+    let dir = store::run_dir(&args.dir, "timers").map_err(|e| e.to_string())?;
+    let r = pop::run_timers(&dir, args.iterations, lead, spread);
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = r?;
+    let l = &r.lateness_ms;
+    println!(
+        "timers {:>8} fired (parked in {:.2} s)  lateness min {} ms  p50 {} ms  p99 {} ms  p99.9 {} ms  max {} ms  | within 1 s: {:.4} %",
+        r.fired,
+        r.scheduled_in.as_secs_f64(),
+        pop::quantile(l, 0.0),
+        pop::quantile(l, 0.5),
+        pop::quantile(l, 0.99),
+        pop::quantile(l, 0.999),
+        pop::quantile(l, 1.0),
+        100.0 * l.iter().filter(|v| (0..=1000).contains(*v)).count() as f64 / l.len().max(1) as f64,
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -384,9 +476,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.command == "store" {
+    let own_runtime = match args.command.as_str() {
+        "store" => Some(store_bench as fn(&Args) -> Result<(), String>),
+        "pop" => Some(pop_bench as fn(&Args) -> Result<(), String>),
+        "timers" => Some(timer_bench as fn(&Args) -> Result<(), String>),
+        _ => None,
+    };
+    if let Some(bench) = own_runtime {
         // Builds its own runtimes.
-        return match store_bench(&args) {
+        return match bench(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rdmq-bench: {e}");

@@ -43,6 +43,8 @@ const MINUTE_MS: i64 = 60_000;
 const ENTRY: usize = 20;
 /// Minutes ahead of the current one whose timers are held in memory.
 const WINDOW_MINUTES: i64 = 2;
+/// Shortest sleep of the timer thread between ticks.
+const MIN_PAUSE: Duration = Duration::from_millis(5);
 /// Re-puts per store append.
 const FIRE_BATCH: usize = 512;
 
@@ -428,7 +430,20 @@ impl Inner {
             if stopping {
                 return;
             }
-            std::thread::sleep(self.cfg.tick);
+            std::thread::sleep(self.pause());
+        }
+    }
+
+    /// Until the next tick: the configured tick, or sooner when a held timer falls due
+    /// before it (never below [`MIN_PAUSE`], so dense timers are fired in batches).
+    fn pause(&self) -> Duration {
+        let next_due = self.lock().near.keys().next().copied();
+        match next_due {
+            Some(due) => {
+                let wait = Duration::from_millis((due - now_ms()).max(0) as u64);
+                wait.clamp(MIN_PAUSE.min(self.cfg.tick), self.cfg.tick)
+            }
+            None => self.cfg.tick,
         }
     }
 
