@@ -8,6 +8,7 @@ pub mod filter;
 pub mod handlers;
 pub mod message;
 pub mod pop;
+pub mod serve;
 pub mod store;
 pub mod sys;
 pub mod timer;

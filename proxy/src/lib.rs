@@ -1,2 +1,158 @@
-//! rdmq-proxy will own the RocketMQ 5 gRPC endpoint and its translation to remoting calls on
-//! brokers; it is filled by the proxy issue.
+//! rdmq-proxy: the stateless RocketMQ 5 gRPC endpoint. Clients speak
+//! `apache.rocketmq.v2.MessagingService` to it; every call becomes remoting requests
+//! (SEND_MESSAGE_V2, POP_MESSAGE, ACK_MESSAGE, CHANGE_MESSAGE_INVISIBLETIME, …) to the brokers
+//! over the configured transport — TCP, RDMA, or rdma-sim — which is the hop rdmq accelerates.
+//!
+//! - [`grpc`]: the tonic service, telemetry settings, metadata rules.
+//! - [`convert`]: gRPC messages ↔ remoting properties and stored records.
+//! - [`cluster`]: broker connections, routes, and the remoting operations.
+//! - [`RunningProxy`]: start and stop a proxy, optionally with an embedded broker.
+
+pub mod cluster;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod grpc;
+pub mod pb;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdmq_broker::serve::RunningBroker;
+use rdmq_transport::{AnyTransport, Endpoint};
+use tokio::sync::watch;
+
+use crate::cluster::Cluster;
+use crate::config::ProxyConfig;
+use crate::grpc::{MessagingProxy, ServiceConfig};
+use crate::pb::messaging_service_server::MessagingServiceServer;
+
+/// A serving proxy (and its embedded broker, if configured).
+#[derive(Debug)]
+pub struct RunningProxy {
+    addr: SocketAddr,
+    broker: Option<RunningBroker>,
+    cluster: Arc<Cluster>,
+    service: MessagingProxy,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    grace: Duration,
+}
+
+impl RunningProxy {
+    /// Starts the embedded broker (if any), then serves gRPC on `cfg.listen`.
+    pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy, String> {
+        let transport = AnyTransport::default();
+        let mut seeds: Vec<Endpoint> = cfg
+            .brokers
+            .iter()
+            .map(|b| b.parse().map_err(|e| format!("broker {b}: {e}")))
+            .collect::<Result<_, _>>()?;
+        let broker = match &cfg.embedded_broker {
+            Some(bcfg) => {
+                let b = RunningBroker::start(bcfg, transport.clone()).await?;
+                // Reach the embedded broker over its first listener's transport.
+                seeds.insert(0, b.endpoints()[0].clone());
+                Some(b)
+            }
+            None => None,
+        };
+        let cluster = Arc::new(Cluster::new(
+            transport,
+            seeds,
+            cfg.connections_per_broker,
+            Duration::from_millis(cfg.call_timeout_ms),
+        ));
+        let advertise = match &cfg.advertise {
+            Some(a) => {
+                let (h, p) = a
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| format!("--advertise {a}: expected HOST:PORT"))?;
+                Some((h, p))
+            }
+            None => None,
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let service = MessagingProxy::new(
+            cluster.clone(),
+            ServiceConfig {
+                max_body_size: cfg.max_body_size,
+                max_long_polling: Duration::from_millis(cfg.max_long_polling_ms),
+                max_delivery_attempts: cfg.max_delivery_attempts,
+                advertise,
+            },
+            stop_rx.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("listener address: {e}"))?;
+        // Room for the largest body plus the message's other fields.
+        let max_message = cfg.max_body_size + (1 << 20);
+        let svc = MessagingServiceServer::new(service.clone())
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message.max(64 << 20));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut until = stop_rx;
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = until.wait_for(|s| *s).await;
+                }),
+        );
+        tracing::info!(grpc = %addr, brokers = ?cluster.seeds().iter().map(|e| e.to_string()).collect::<Vec<_>>(), "proxy ready");
+        Ok(RunningProxy {
+            addr,
+            broker,
+            cluster,
+            service,
+            stop,
+            server,
+            grace: Duration::from_millis(cfg.drain_grace_ms),
+        })
+    }
+
+    /// The gRPC address served (the real port when asked for port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The embedded broker, if any.
+    pub fn embedded_broker(&self) -> Option<&RunningBroker> {
+        self.broker.as_ref()
+    }
+
+    /// The broker endpoints forwarded to.
+    pub fn brokers(&self) -> &[Endpoint] {
+        self.cluster.seeds()
+    }
+
+    /// The gRPC service (for inspection).
+    pub fn service(&self) -> &MessagingProxy {
+        &self.service
+    }
+
+    /// Drains: parked long polls answer at once, HTTP/2 GOAWAY tells clients to go elsewhere,
+    /// in-flight calls finish (bounded by the drain grace); then the embedded broker stops.
+    pub async fn shutdown(self) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(self.grace, self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+            Err(_) => tracing::warn!("in-flight gRPC calls outlived the drain grace"),
+        }
+        self.cluster.close().await;
+        if let Some(b) = self.broker {
+            b.shutdown().await?;
+        }
+        Ok(())
+    }
+}

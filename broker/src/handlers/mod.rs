@@ -292,5 +292,6 @@ pub fn router(broker: Arc<Broker>) -> Router {
     route!(rc::BATCH_ACK_MESSAGE, pop::batch_ack);
     route!(rc::CHANGE_MESSAGE_INVISIBLETIME, pop::change_invisible);
     route!(rc::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, pop::create_group);
+    route!(rc::CONSUMER_SEND_MSG_BACK, pop::send_back);
     r
 }

@@ -1,5 +1,6 @@
 //! POP_MESSAGE (200050), ACK_MESSAGE (200051), BATCH_ACK_MESSAGE (200151),
-//! CHANGE_MESSAGE_INVISIBLETIME (200053) and UPDATE_AND_CREATE_SUBSCRIPTIONGROUP (200).
+//! CHANGE_MESSAGE_INVISIBLETIME (200053), UPDATE_AND_CREATE_SUBSCRIPTIONGROUP (200) and
+//! CONSUMER_SEND_MSG_BACK (36) of popped messages to the dead-letter topic.
 //!
 //! Receipt handles travel in `extraInfo` (ack, change) and in each popped record's `POP_CK`
 //! property. BATCH_ACK_MESSAGE takes a JSON body `{"consumerGroup": …, "receiptHandles": […]}`
@@ -193,5 +194,29 @@ pub(super) async fn create_group(b: &Broker, req: Request) -> Result<RemotingCom
         max_attempts,
         "consumer group created or updated"
     );
+    Ok(ok())
+}
+
+/// CONSUMER_SEND_MSG_BACK (36) for a popped message: with `delayLevel` -1 the message named
+/// by the receipt handle in `extraInfo` goes to `%DLQ%<group>` now and its delivery ends
+/// (the proxy's ForwardMessageToDeadLetterQueue). Offset-based send-back of PULL consumers
+/// is not supported.
+pub(super) async fn send_back(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let group = f.str("group")?;
+    let Some(handle) = f.0.field("extraInfo") else {
+        return Err(fail(
+            response_code::INVALID_PARAMETER,
+            "send-back needs the receipt handle in extraInfo (offset-based send-back is not supported)",
+        ));
+    };
+    let level: i32 = f.opt_num("delayLevel")?.unwrap_or(-1);
+    if level != -1 {
+        return Err(fail(
+            response_code::INVALID_PARAMETER,
+            format!("delayLevel {level} is not supported: only -1 (dead-letter now)"),
+        ));
+    }
+    b.pop.dead_letter(group, handle).await.map_err(pop_failure)?;
     Ok(ok())
 }

@@ -434,6 +434,44 @@ impl PopService {
         Ok(new)
     }
 
+    /// Moves the message of `handle` to the group's dead-letter topic now (a consumer gave
+    /// up on it), ending its delivery like an ack.
+    pub async fn dead_letter(&self, group: &str, handle: &str) -> Result<(), PopError> {
+        let inner = &self.inner;
+        let (h, key) = inner.check_handle(group, handle)?;
+        let end = {
+            let mut st = inner.lock_state();
+            inner.current(&st, &key, &h, now_ms())?;
+            let attempt = st
+                .current(&key, h.offset, h.seq)
+                .map(|f| f.attempt)
+                .unwrap_or(1);
+            let stored = inner
+                .store
+                .queue(&key.topic, key.queue)
+                .and_then(|q| q.entry(h.offset))
+                .and_then(|e| inner.store.read_entry(&e).ok())
+                .and_then(|rec| message::decode_record(&rec).ok())
+                .ok_or_else(|| {
+                    PopError::Expired(format!(
+                        "message at {}:{} offset {} is no longer stored",
+                        key.topic, key.queue, h.offset
+                    ))
+                })?;
+            let copy = inner.copy_for(&stored, &key.group, &dlq_topic(&key.group), attempt)?;
+            let r = PopRecord::Revive {
+                key,
+                offset: h.offset,
+                seq: h.seq,
+                outcome: ReviveOutcome::DeadLetter,
+            };
+            inner.log(&mut st, vec![copy], &[r])?
+        };
+        inner.store.wait_stored(end, WAIT).await?;
+        inner.available.notify_waiters();
+        Ok(())
+    }
+
     /// Messages in flight (all groups).
     pub fn in_flight(&self) -> usize {
         self.inner.lock_state().deadlines.len()

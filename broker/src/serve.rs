@@ -1,0 +1,125 @@
+//! Running a broker: bind the configured endpoints, recover the store, start the pop and
+//! timer services and serve remoting. Used by the `rdmq-broker` binary and by the proxy's
+//! embedded mode.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdmq_transport::remoting::{Server, ServerConfig, ServerHandle};
+use rdmq_transport::{AnyTransport, Endpoint, Scheme, Transport};
+
+use crate::config::BrokerConfig;
+use crate::handlers::{Broker, router};
+use crate::store::Store;
+
+/// A serving broker.
+#[derive(Debug)]
+pub struct RunningBroker {
+    broker: Arc<Broker>,
+    handles: Vec<ServerHandle>,
+    endpoints: Vec<Endpoint>,
+    grace: Duration,
+}
+
+impl RunningBroker {
+    /// Binds every endpoint of `cfg` on `transport` (before recovery, so the advertised
+    /// address is the real port), opens the store, creates the configured topics and serves.
+    pub async fn start(cfg: &BrokerConfig, transport: AnyTransport) -> Result<Self, String> {
+        let mut listeners = Vec::new();
+        for url in &cfg.listen {
+            let endpoint: Endpoint = url.parse().map_err(|e| format!("{e}"))?;
+            let listener = transport
+                .bind(&endpoint)
+                .await
+                .map_err(|e| format!("cannot listen on {url}: {e}"))?;
+            listeners.push(listener);
+        }
+        if listeners.is_empty() {
+            return Err("no endpoint to listen on".into());
+        }
+        let advertise = match &cfg.advertise {
+            Some(a) => a.clone(),
+            None => default_advertise(&listeners),
+        };
+        let store_cfg = cfg.store_config(&advertise);
+        let dir = cfg.store_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(store_cfg))
+            .await
+            .map_err(|e| format!("store recovery panicked: {e}"))?
+            .map_err(|e| format!("cannot open the store in {}: {e}", dir.display()))?;
+        for topic in cfg.topic_configs() {
+            let mut t = topic;
+            if let Some(existing) = store.topic(&t.name) {
+                t.perm = existing.perm;
+                t.sys_flag = existing.sys_flag;
+            }
+            store
+                .put_topic(t)
+                .map_err(|e| format!("cannot create topic: {e}"))?;
+        }
+        let broker = {
+            let info = cfg.broker_info(&advertise);
+            tokio::task::spawn_blocking(move || Broker::start(store, info))
+                .await
+                .map_err(|e| format!("broker start panicked: {e}"))?
+                .map_err(|e| format!("cannot start the pop and timer services: {e}"))?
+        };
+        let server = Server::new(transport, router(broker.clone()), ServerConfig::default());
+        let handles: Vec<ServerHandle> = listeners.into_iter().map(|l| server.serve(l)).collect();
+        let endpoints = handles.iter().map(|h| h.local_endpoint().clone()).collect();
+        tracing::info!(
+            broker = %cfg.broker_name,
+            advertise = %advertise,
+            store = %cfg.store_dir.display(),
+            flush = ?cfg.flush,
+            "broker ready"
+        );
+        Ok(Self {
+            broker,
+            handles,
+            endpoints,
+            grace: Duration::from_millis(cfg.drain_grace_ms),
+        })
+    }
+
+    /// The endpoints served, with the real ports.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The broker's state (store, pop and timer services).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Drains the listeners (in-flight requests are answered), then flushes and stops the
+    /// store.
+    pub async fn shutdown(self) -> Result<(), String> {
+        for h in self.handles {
+            h.shutdown(self.grace).await;
+        }
+        let broker = self.broker;
+        tokio::task::spawn_blocking(move || broker.shutdown())
+            .await
+            .map_err(|e| format!("store shutdown panicked: {e}"))
+    }
+}
+
+/// The first TCP-reachable listener's address; an unspecified host becomes 127.0.0.1 (set
+/// `--advertise` for clients on other machines).
+fn default_advertise<L: rdmq_transport::Listener>(listeners: &[L]) -> String {
+    let ep = listeners
+        .iter()
+        .map(|l| l.local_endpoint())
+        .find(|e| e.scheme == Scheme::Tcp)
+        .or_else(|| listeners.first().map(|l| l.local_endpoint()))
+        .expect("at least one listener");
+    let host = match ep.host.as_str() {
+        "0.0.0.0" | "::" | "" => {
+            tracing::warn!("listening on all interfaces; advertising 127.0.0.1 (set --advertise)");
+            "127.0.0.1".to_owned()
+        }
+        h => h.to_owned(),
+    };
+    Endpoint { host, ..ep }.authority()
+}

@@ -1,0 +1,268 @@
+//! `rdmq-proxy` configuration: a TOML file and command-line flags on top of it.
+
+use std::path::Path;
+
+use rdmq_broker::config::BrokerConfig;
+use serde::Deserialize;
+
+/// Everything the proxy is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// gRPC listen address (`host:port`, plaintext HTTP/2).
+    pub listen: String,
+    /// Brokers to forward to (`tcp://`, `rdma://`, `rdma-sim://` URLs).
+    pub brokers: Vec<String>,
+    /// The `host:port` clients are told to use in routes (default: the address they dialled).
+    pub advertise: Option<String>,
+    /// Largest message body accepted (and announced to producers).
+    pub max_body_size: usize,
+    /// Remoting call timeout towards brokers (ms).
+    pub call_timeout_ms: u64,
+    /// Connections per broker.
+    pub connections_per_broker: usize,
+    /// Longest long poll of a ReceiveMessage (ms).
+    pub max_long_polling_ms: u64,
+    /// Delivery attempts announced to consumers (the brokers' dead-letter threshold).
+    pub max_delivery_attempts: u32,
+    /// How long a drain waits for in-flight calls (ms).
+    pub drain_grace_ms: u64,
+    /// Run a broker in this process and forward to it over its first listener.
+    pub embedded_broker: Option<BrokerConfig>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8081".into(),
+            brokers: Vec::new(),
+            advertise: None,
+            max_body_size: 4 << 20,
+            call_timeout_ms: 3_000,
+            connections_per_broker: 2,
+            max_long_polling_ms: 20_000,
+            max_delivery_attempts: 16,
+            drain_grace_ms: 5_000,
+            embedded_broker: None,
+        }
+    }
+}
+
+/// Command-line usage.
+pub const USAGE: &str = "\
+usage: rdmq-proxy [options]
+  --config FILE            TOML configuration (flags below override it)
+  --listen HOST:PORT       gRPC endpoint (default 0.0.0.0:8081)
+  --broker URL             broker to forward to; repeatable (tcp://, rdma://, rdma-sim://)
+  --advertise HOST:PORT    address put in routes (default: the one the client dialled)
+  --max-body-size BYTES    largest message body (suffixes K, M, G; default 4M)
+  --call-timeout-ms N      broker call timeout
+  --connections N          connections per broker
+embedded broker (one command runs everything):
+  --embedded-broker        run a broker in this process
+  --broker-listen URL      its endpoint, also the transport used to reach it
+                           (default tcp://127.0.0.1:0; rdma-sim://127.0.0.1:0, rdma://…)
+  --store-dir DIR          its store directory (default rdmq-store)
+  --flush sync|async       its flush mode
+  --topic NAME[:QUEUES]    create a topic at start; repeatable
+  --help                   this text
+";
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ProxyConfig {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The configuration from `args` (without the program name). `Ok(None)`: `--help`.
+    pub fn from_args(args: &[String]) -> Result<Option<Self>, ConfigError> {
+        let mut cfg = match args.iter().position(|a| a == "--config") {
+            Some(i) => {
+                let path = args
+                    .get(i + 1)
+                    .ok_or_else(|| ConfigError("--config needs a file".into()))?;
+                let text = std::fs::read_to_string(Path::new(path))
+                    .map_err(|e| ConfigError(format!("{path}: {e}")))?;
+                Self::from_toml(&text).map_err(|e| ConfigError(format!("{path}: {e}")))?
+            }
+            None => Self::default(),
+        };
+        let mut brokers = Vec::new();
+        let mut embedded = false;
+        let mut broker_args: Vec<String> = Vec::new();
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            match flag.as_str() {
+                "--help" | "-h" => return Ok(None),
+                "--embedded-broker" => {
+                    embedded = true;
+                    continue;
+                }
+                _ => {}
+            }
+            let value = it
+                .next()
+                .ok_or_else(|| ConfigError(format!("{flag} needs a value")))?;
+            let bad = |what: &str| ConfigError(format!("{flag} {value}: {what}"));
+            match flag.as_str() {
+                "--config" => {}
+                "--listen" => cfg.listen = value.clone(),
+                "--broker" => brokers.push(value.clone()),
+                "--advertise" => cfg.advertise = Some(value.clone()),
+                "--max-body-size" => {
+                    cfg.max_body_size = rdmq_broker::config::parse_size(value)
+                        .ok_or_else(|| bad("not a size"))?
+                        as usize
+                }
+                "--call-timeout-ms" => {
+                    cfg.call_timeout_ms = value.parse().map_err(|_| bad("not a number"))?
+                }
+                "--connections" => {
+                    cfg.connections_per_broker = value.parse().map_err(|_| bad("not a number"))?
+                }
+                "--broker-listen" => broker_args.extend(["--listen".into(), value.clone()]),
+                "--store-dir" | "--flush" | "--topic" => {
+                    broker_args.extend([flag.clone(), value.clone()])
+                }
+                other => return Err(ConfigError(format!("unknown flag `{other}`\n{USAGE}"))),
+            }
+        }
+        if !brokers.is_empty() {
+            cfg.brokers = brokers;
+        }
+        if embedded || !broker_args.is_empty() {
+            if !embedded && cfg.embedded_broker.is_none() {
+                return Err(ConfigError(
+                    "--broker-listen, --store-dir, --flush and --topic configure the embedded broker: add --embedded-broker".into(),
+                ));
+            }
+            let base = cfg.embedded_broker.take().unwrap_or_else(embedded_defaults);
+            cfg.embedded_broker = Some(apply_broker_flags(base, &broker_args)?);
+        }
+        cfg.validate()?;
+        Ok(Some(cfg))
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.is_empty() && self.embedded_broker.is_none() {
+            return Err(ConfigError(
+                "no broker: give --broker URL or --embedded-broker".into(),
+            ));
+        }
+        for b in &self.brokers {
+            b.parse::<rdmq_transport::Endpoint>()
+                .map_err(|e| ConfigError(format!("--broker {b}: {e}")))?;
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError(format!(
+                "--listen {}: expected HOST:PORT with an IP address",
+                self.listen
+            )));
+        }
+        if self.max_body_size == 0 || self.max_body_size > 64 << 20 {
+            return Err(ConfigError(
+                "max_body_size must be between 1 byte and 64 MiB".into(),
+            ));
+        }
+        if let Some(b) = &self.embedded_broker
+            && b.max_body < self.max_body_size
+        {
+            return Err(ConfigError(format!(
+                "the embedded broker's max_body ({}) is below the proxy's max_body_size ({})",
+                b.max_body, self.max_body_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The embedded broker's defaults: loopback TCP on a free port, topics only as configured.
+pub fn embedded_defaults() -> BrokerConfig {
+    BrokerConfig {
+        listen: vec!["tcp://127.0.0.1:0".into()],
+        auto_create_topics: false,
+        ..BrokerConfig::default()
+    }
+}
+
+fn apply_broker_flags(base: BrokerConfig, flags: &[String]) -> Result<BrokerConfig, ConfigError> {
+    // Reuse the broker's own flag parsing on top of `base`.
+    let mut cfg = base;
+    let mut listen = Vec::new();
+    for pair in flags.chunks(2) {
+        let (flag, value) = (&pair[0], &pair[1]);
+        match flag.as_str() {
+            "--listen" => listen.push(value.clone()),
+            _ => {
+                let parsed = BrokerConfig::from_args(&[flag.clone(), value.clone()])
+                    .map_err(|e| ConfigError(e.to_string()))?
+                    .expect("not --help");
+                match flag.as_str() {
+                    "--store-dir" => cfg.store_dir = parsed.store_dir,
+                    "--flush" => cfg.flush = parsed.flush,
+                    "--topic" => cfg.topics.extend(parsed.topics),
+                    _ => unreachable!("only embedded-broker flags reach here"),
+                }
+            }
+        }
+    }
+    if !listen.is_empty() {
+        cfg.listen = listen;
+    }
+    cfg.validate().map_err(|e| ConfigError(e.to_string()))?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn flags_configure_brokers_and_the_embedded_broker() {
+        let c = ProxyConfig::from_args(&args(
+            "--listen 127.0.0.1:0 --embedded-broker --broker-listen rdma-sim://127.0.0.1:0 --topic a:8 --topic b",
+        ))
+        .unwrap()
+        .unwrap();
+        let b = c.embedded_broker.unwrap();
+        assert_eq!(b.listen, vec!["rdma-sim://127.0.0.1:0".to_owned()]);
+        assert_eq!(b.topics.len(), 2);
+        assert_eq!(b.topics[0].queues, 8);
+        assert!(!b.auto_create_topics);
+        let c = ProxyConfig::from_args(&args("--broker tcp://10.0.0.1:10911 --broker rdma://10.0.0.2:10912"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.brokers.len(), 2);
+        assert!(c.embedded_broker.is_none());
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_with_a_reason() {
+        for bad in [
+            "",
+            "--broker nonsense",
+            "--topic a",
+            "--broker tcp://h:1 --listen nowhere",
+            "--broker tcp://h:1 --max-body-size 0",
+            "--broker tcp://h:1 --bogus 1",
+            "--broker",
+        ] {
+            let e = ProxyConfig::from_args(&args(bad)).unwrap_err();
+            assert!(!e.0.is_empty(), "{bad}");
+        }
+        let toml = "listen = \"127.0.0.1:8081\"\nbrokers = [\"tcp://127.0.0.1:10911\"]\n[embedded_broker]\ntopics = [{ name = \"t\", queues = 2 }]\n";
+        let c = ProxyConfig::from_toml(toml).unwrap();
+        assert_eq!(c.embedded_broker.unwrap().topics[0].name, "t");
+        assert!(ProxyConfig::from_toml("nope = 1").is_err());
+    }
+}

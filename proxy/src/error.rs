@@ -1,0 +1,78 @@
+//! Why a proxied call failed, and the RocketMQ 5 status [`Code`] each reason maps to.
+//!
+//! Business failures travel in the response's `Status` with the gRPC status OK, as the
+//! official proxy does; clients act on the code (retry, back off, give up).
+
+use rdmq_transport::TransportError;
+use rdmq_transport::protocol::response_code as rc;
+
+use crate::pb::{Code, Status};
+
+/// A failed call: a status code and a message naming what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ProxyError {
+    /// The status code for the client.
+    pub code: Code,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl ProxyError {
+    /// An error with `code`.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A broker could not be reached or dropped the call.
+    pub fn unavailable(broker: &str, e: &TransportError) -> Self {
+        let code = match e {
+            TransportError::Timeout(_) => Code::ProxyTimeout,
+            _ => Code::InternalServerError,
+        };
+        Self::new(code, format!("broker {broker} is unavailable: {e}"))
+    }
+
+    /// A broker's refusal (remoting response code and remark) as the client's status.
+    pub fn from_broker(broker: &str, code: i32, remark: Option<&str>) -> Self {
+        let status = match code {
+            rc::TOPIC_NOT_EXIST => Code::TopicNotFound,
+            rc::SUBSCRIPTION_GROUP_NOT_EXIST => Code::ConsumerGroupNotFound,
+            rc::NO_PERMISSION => Code::Forbidden,
+            rc::SYSTEM_BUSY => Code::TooManyRequests,
+            rc::FLUSH_DISK_TIMEOUT => Code::MasterPersistenceTimeout,
+            rc::MESSAGE_ILLEGAL | rc::INVALID_PARAMETER => Code::BadRequest,
+            rc::SUBSCRIPTION_NOT_EXIST => Code::IllegalFilterExpression,
+            _ => Code::InternalServerError,
+        };
+        Self::new(
+            status,
+            format!(
+                "broker {broker} refused (code {code}): {}",
+                remark.unwrap_or("no remark")
+            ),
+        )
+    }
+
+    /// The response status.
+    pub fn status(&self) -> Status {
+        Status {
+            code: self.code as i32,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// `OK`.
+pub fn ok_status() -> Status {
+    Status {
+        code: Code::Ok as i32,
+        message: "OK".into(),
+    }
+}
+
+/// Shorthand for a `Result` with [`ProxyError`].
+pub type ProxyResult<T> = Result<T, ProxyError>;
