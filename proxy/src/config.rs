@@ -65,6 +65,7 @@ embedded broker (one command runs everything):
   --store-dir DIR          its store directory (default rdmq-store)
   --flush sync|async       its flush mode
   --topic NAME[:QUEUES]    create a topic at start; repeatable
+  --broker-name NAME       its name (default broker-a)
   --help                   this text
 ";
 
@@ -126,7 +127,7 @@ impl ProxyConfig {
                     cfg.connections_per_broker = value.parse().map_err(|_| bad("not a number"))?
                 }
                 "--broker-listen" => broker_args.extend(["--listen".into(), value.clone()]),
-                "--store-dir" | "--flush" | "--topic" => {
+                "--store-dir" | "--flush" | "--topic" | "--broker-name" => {
                     broker_args.extend([flag.clone(), value.clone()])
                 }
                 other => return Err(ConfigError(format!("unknown flag `{other}`\n{USAGE}"))),
@@ -207,6 +208,7 @@ fn apply_broker_flags(base: BrokerConfig, flags: &[String]) -> Result<BrokerConf
                     "--store-dir" => cfg.store_dir = parsed.store_dir,
                     "--flush" => cfg.flush = parsed.flush,
                     "--topic" => cfg.topics.extend(parsed.topics),
+                    "--broker-name" => cfg.broker_name = parsed.broker_name,
                     _ => unreachable!("only embedded-broker flags reach here"),
                 }
             }
@@ -239,9 +241,11 @@ mod tests {
         assert_eq!(b.topics.len(), 2);
         assert_eq!(b.topics[0].queues, 8);
         assert!(!b.auto_create_topics);
-        let c = ProxyConfig::from_args(&args("--broker tcp://10.0.0.1:10911 --broker rdma://10.0.0.2:10912"))
-            .unwrap()
-            .unwrap();
+        let c = ProxyConfig::from_args(&args(
+            "--broker tcp://10.0.0.1:10911 --broker rdma://10.0.0.2:10912",
+        ))
+        .unwrap()
+        .unwrap();
         assert_eq!(c.brokers.len(), 2);
         assert!(c.embedded_broker.is_none());
     }

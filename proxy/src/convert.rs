@@ -114,8 +114,7 @@ pub fn outgoing(m: &pb::Message, topic: &str, limits: &Limits, now: i64) -> Prox
         .system_properties
         .as_ref()
         .ok_or_else(|| bad(Code::BadRequest, "message has no system_properties"))?;
-    if sys.message_id.is_empty() || sys.message_id.len() > 128 || has_separator(&sys.message_id)
-    {
+    if sys.message_id.is_empty() || sys.message_id.len() > 128 || has_separator(&sys.message_id) {
         return Err(bad(
             Code::IllegalMessageId,
             "message_id must be 1 to 128 characters without separators",
@@ -236,10 +235,7 @@ pub fn md5_hex(body: &[u8]) -> String {
 }
 
 fn host(h: &message::HostAddr) -> String {
-    format!(
-        "{}.{}.{}.{}:{}",
-        h.ip[0], h.ip[1], h.ip[2], h.ip[3], h.port
-    )
+    format!("{}.{}.{}.{}:{}", h.ip[0], h.ip[1], h.ip[2], h.ip[3], h.port)
 }
 
 /// A popped record as the consumer sees it.

@@ -217,6 +217,9 @@ pub(super) async fn send_back(b: &Broker, req: Request) -> Result<RemotingComman
             format!("delayLevel {level} is not supported: only -1 (dead-letter now)"),
         ));
     }
-    b.pop.dead_letter(group, handle).await.map_err(pop_failure)?;
+    b.pop
+        .dead_letter(group, handle)
+        .await
+        .map_err(pop_failure)?;
     Ok(ok())
 }

@@ -189,6 +189,8 @@ const GROUPS: &str = "groups.json";
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 const SNAPSHOT_RECORDS: i64 = 50_000;
 const WAIT: Duration = Duration::from_secs(10);
+/// Most bytes of records one pop returns (a response must fit in one remoting frame).
+const MAX_POP_BYTES: usize = 8 << 20;
 
 struct Inner {
     store: Store,
@@ -671,7 +673,12 @@ impl Inner {
         };
         let mut end = 0;
         for (topic, queue) in order {
-            let need = req.max as usize - out.messages.len();
+            let bytes: usize = out.messages.iter().map(|m| m.record.len()).sum();
+            let need = if bytes >= MAX_POP_BYTES {
+                0
+            } else {
+                req.max as usize - out.messages.len()
+            };
             let key = QueueKey {
                 group: req.group.clone(),
                 topic,
@@ -681,7 +688,8 @@ impl Inner {
                 out.rest += self.backlog(&key);
                 continue;
             }
-            if let Some(e) = self.pop_queue(req, key, need, now, &mut out)? {
+            let bytes_left = MAX_POP_BYTES - bytes;
+            if let Some(e) = self.pop_queue(req, key, need, bytes_left, now, &mut out)? {
                 end = end.max(e);
             }
         }
@@ -704,6 +712,7 @@ impl Inner {
         req: &PopRequest,
         key: QueueKey,
         need: usize,
+        bytes_left: usize,
         now: i64,
         out: &mut PopResult,
     ) -> Result<Option<u64>, PopError> {
@@ -732,6 +741,7 @@ impl Inner {
             items: Vec::new(),
             delivered: Vec::new(),
             groups: Vec::new(),
+            bytes_left,
         };
         let mut stopped = false;
         if req.fifo {
@@ -973,6 +983,9 @@ struct Batch<'a> {
     /// stays locked until the batch is acked), so a group's next message is never handed out
     /// while one is in flight.
     groups: Vec<String>,
+    /// Bytes the response may still carry; a message that does not fit ends the batch
+    /// (the first one is always taken).
+    bytes_left: usize,
 }
 
 impl Batch<'_> {
@@ -992,6 +1005,11 @@ impl Batch<'_> {
         {
             return Pick::Skip;
         }
+        let size = m.body.len() + m.properties.len() + 256;
+        if !self.delivered.is_empty() && size > self.bytes_left {
+            return Pick::Stop;
+        }
+        self.bytes_left = self.bytes_left.saturating_sub(size);
         if self.req.fifo {
             let g = props.get(prop::SHARDING_KEY).unwrap_or("");
             if self.groups.iter().any(|x| x == g) {

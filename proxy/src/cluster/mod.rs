@@ -260,10 +260,11 @@ impl Cluster {
         let (mut broker_ix, mut queue) = locate(&route, start);
         for _ in 0..tries {
             let b = &route.brokers[broker_ix];
-            let req = request
-                .clone()
-                .with_field("e", queue.to_string());
-            match self.call(&b.name, &b.endpoint, req, self.call_timeout).await {
+            let req = request.clone().with_field("e", queue.to_string());
+            match self
+                .call(&b.name, &b.endpoint, req, self.call_timeout)
+                .await
+            {
                 Ok(resp) if resp.code == rc::SUCCESS => {
                     return Ok(Sent {
                         broker: b.name.clone(),
@@ -321,7 +322,10 @@ impl Cluster {
                 }
             }
         }
-        let Some(ix) = (0..n).map(|i| (first + i) % n).find(|ix| !failed.contains(ix)) else {
+        let Some(ix) = (0..n)
+            .map(|i| (first + i) % n)
+            .find(|ix| !failed.contains(ix))
+        else {
             self.invalidate(&args.topic);
             return Err(last_err.expect("every broker failed"));
         };
@@ -353,7 +357,12 @@ impl Cluster {
             .with_field("exp", &args.filter)
             .with_field("order", if args.fifo { "true" } else { "false" });
         let resp = self
-            .call(&b.name, &b.endpoint, req, poll + POP_MARGIN.max(self.call_timeout))
+            .call(
+                &b.name,
+                &b.endpoint,
+                req,
+                poll + POP_MARGIN.max(self.call_timeout),
+            )
             .await?;
         match resp.code {
             rc::SUCCESS => {
@@ -373,7 +382,11 @@ impl Cluster {
                 }))
             }
             rc::POLLING_TIMEOUT | rc::PULL_NOT_FOUND | rc::NO_MESSAGE => Ok(None),
-            code => Err(ProxyError::from_broker(&b.name, code, resp.remark.as_deref())),
+            code => Err(ProxyError::from_broker(
+                &b.name,
+                code,
+                resp.remark.as_deref(),
+            )),
         }
     }
 
@@ -553,5 +566,7 @@ async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> 
         }
     })
     .await;
-    outs.into_iter().map(|o| o.expect("every future completed")).collect()
+    outs.into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
 }

@@ -124,7 +124,14 @@ impl MessagingProxy {
         }
     }
 
-    fn queue(&self, topic: &str, id: i32, perm: Permission, broker: &str, eps: &pb::Endpoints) -> pb::MessageQueue {
+    fn queue(
+        &self,
+        topic: &str,
+        id: i32,
+        perm: Permission,
+        broker: &str,
+        eps: &pb::Endpoints,
+    ) -> pb::MessageQueue {
         pb::MessageQueue {
             topic: Some(pb::Resource {
                 resource_namespace: String::new(),
@@ -145,7 +152,11 @@ impl MessagingProxy {
         }
     }
 
-    async fn query_route_inner(&self, md: &tonic::metadata::MetadataMap, req: &pb::QueryRouteRequest) -> ProxyResult<Vec<pb::MessageQueue>> {
+    async fn query_route_inner(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        req: &pb::QueryRouteRequest,
+    ) -> ProxyResult<Vec<pb::MessageQueue>> {
         client_id(md)?;
         let topic = resource_name(&req.topic);
         require(topic, Code::IllegalTopic, "topic")?;
@@ -165,7 +176,11 @@ impl MessagingProxy {
         Ok(queues)
     }
 
-    async fn send_inner(&self, md: &tonic::metadata::MetadataMap, req: pb::SendMessageRequest) -> ProxyResult<Vec<pb::SendResultEntry>> {
+    async fn send_inner(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        req: pb::SendMessageRequest,
+    ) -> ProxyResult<Vec<pb::SendResultEntry>> {
         client_id(md)?;
         let first = req
             .messages
@@ -220,7 +235,11 @@ impl MessagingProxy {
             .unwrap_or(false)
     }
 
-    async fn receive_inner(&self, md: &tonic::metadata::MetadataMap, req: pb::ReceiveMessageRequest) -> ProxyResult<(Vec<pb::Message>, i64)> {
+    async fn receive_inner(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        req: pb::ReceiveMessageRequest,
+    ) -> ProxyResult<(Vec<pb::Message>, i64)> {
         let client = client_id(md)?;
         let group = resource_name(&req.group).to_owned();
         require(&group, Code::IllegalConsumerGroup, "group")?;
@@ -233,7 +252,10 @@ impl MessagingProxy {
         if req.batch_size <= 0 || req.batch_size > MAX_BATCH {
             return Err(ProxyError::new(
                 Code::BadRequest,
-                format!("batch_size must be 1 to {MAX_BATCH}, got {}", req.batch_size),
+                format!(
+                    "batch_size must be 1 to {MAX_BATCH}, got {}",
+                    req.batch_size
+                ),
             ));
         }
         let invisible = match (&req.invisible_duration, req.auto_renew) {
@@ -409,7 +431,11 @@ impl MessagingService for MessagingProxy {
             let req = request.get_ref();
             let topic = resource_name(&req.topic);
             require(topic, Code::IllegalTopic, "topic")?;
-            require(resource_name(&req.group), Code::IllegalConsumerGroup, "group")?;
+            require(
+                resource_name(&req.group),
+                Code::IllegalConsumerGroup,
+                "group",
+            )?;
             let route = self.shared.cluster.route(topic).await?;
             let eps = self.own_endpoints(req.endpoints.as_ref());
             // Pop is per broker: one assignment per broker, any queue (-1).
@@ -418,7 +444,13 @@ impl MessagingService for MessagingProxy {
                 .iter()
                 .filter(|b| b.read_queues > 0)
                 .map(|b| pb::Assignment {
-                    message_queue: Some(self.queue(topic, -1, Permission::ReadWrite, &b.name, &eps)),
+                    message_queue: Some(self.queue(
+                        topic,
+                        -1,
+                        Permission::ReadWrite,
+                        &b.name,
+                        &eps,
+                    )),
                 })
                 .collect())
         }
@@ -457,11 +489,9 @@ impl MessagingService for MessagingProxy {
                 out.push(Content::DeliveryTimestamp(convert::timestamp(now)));
             }
         }
-        let items = out.into_iter().map(|c| {
-            Ok(pb::ReceiveMessageResponse {
-                content: Some(c),
-            })
-        });
+        let items = out
+            .into_iter()
+            .map(|c| Ok(pb::ReceiveMessageResponse { content: Some(c) }));
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
     }
 
@@ -583,8 +613,8 @@ impl MessagingService for MessagingProxy {
         &self,
         request: Request<Streaming<pb::TelemetryCommand>>,
     ) -> Result<Response<Self::TelemetryStream>, GrpcStatus> {
-        let client = client_id(request.metadata())
-            .map_err(|e| GrpcStatus::invalid_argument(e.message))?;
+        let client =
+            client_id(request.metadata()).map_err(|e| GrpcStatus::invalid_argument(e.message))?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<pb::TelemetryCommand, GrpcStatus>>(8);
         let this = self.clone();
@@ -703,6 +733,8 @@ fn overall<'a>(statuses: impl Iterator<Item = Option<&'a pb::Status>>) -> pb::St
     match codes.first() {
         None => ok_status(),
         Some(first) if codes.iter().all(|s| s.code == first.code) => (*first).clone(),
-        Some(_) => ProxyError::new(Code::MultipleResults, "entries have different results").status(),
+        Some(_) => {
+            ProxyError::new(Code::MultipleResults, "entries have different results").status()
+        }
     }
 }

@@ -1,0 +1,521 @@
+//! The gRPC front end through our own generated client: routes, telemetry, send → receive →
+//! ack with byte-identical bodies over each proxy→broker transport, redelivery, change of
+//! invisible time, dead-lettering, bad input and a broker dying mid-stream.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdmq_proxy::pb::{self, Code};
+
+async fn roundtrip(broker_url: &str) {
+    let dir = TempDir::new("roundtrip");
+    let proxy = start(&args(&dir, broker_url, &["orders:4"])).await;
+    assert_eq!(
+        proxy.brokers()[0].scheme.as_str(),
+        broker_url.split("://").next().unwrap(),
+        "the proxy reaches its broker over the configured transport"
+    );
+    let mut c = client(&proxy).await;
+
+    let route = c
+        .query_route(req(
+            "test-client",
+            pb::QueryRouteRequest {
+                topic: resource("orders"),
+                endpoints: Some(pb::Endpoints {
+                    scheme: pb::AddressScheme::IPv4 as i32,
+                    addresses: vec![pb::Address {
+                        host: "127.0.0.1".into(),
+                        port: proxy.grpc_addr().port() as i32,
+                    }],
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&route.status), Code::Ok);
+    assert_eq!(route.message_queues.len(), 4);
+    for q in &route.message_queues {
+        let b = q.broker.as_ref().unwrap();
+        assert_eq!(b.id, 0);
+        assert_eq!(
+            b.endpoints.as_ref().unwrap().addresses[0].port,
+            proxy.grpc_addr().port() as i32,
+            "routes point at the proxy"
+        );
+        assert_eq!(q.permission, pb::Permission::ReadWrite as i32);
+        assert!(
+            q.accept_message_types
+                .contains(&(pb::MessageType::Normal as i32))
+        );
+    }
+
+    let sizes = [1usize, 1024, 65_536, 1 << 20];
+    let mut sent = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let id = format!("01ABCDEF{i:024}");
+        let r = send(&mut c, vec![message("orders", &id, "TagA", body(i, size))]).await;
+        assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+        assert_eq!(r.entries[0].message_id, id);
+        sent.push((id, body(i, size)));
+    }
+    // A batch of two in one request.
+    let r = send(
+        &mut c,
+        vec![
+            message("orders", "batch-1", "TagB", body(7, 10)),
+            message("orders", "batch-2", "TagB", body(8, 20)),
+        ],
+    )
+    .await;
+    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    assert_eq!(r.entries.len(), 2);
+    assert_eq!(r.entries[1].offset, r.entries[0].offset + 1);
+    sent.push(("batch-1".into(), body(7, 10)));
+    sent.push(("batch-2".into(), body(8, 20)));
+
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < sent.len() && Instant::now() < deadline {
+        let (status, msgs) =
+            receive(&mut c, receive_request("orders", "g1", 32, 30_000, 2_000)).await;
+        assert!(
+            matches!(status, Code::Ok | Code::MessageNotFound),
+            "{status:?}"
+        );
+        got.extend(msgs);
+    }
+    assert_eq!(got.len(), sent.len());
+    for m in &got {
+        let s = sys(m);
+        let (_, expected) = sent
+            .iter()
+            .find(|(id, _)| *id == s.message_id)
+            .expect("a sent id");
+        assert_eq!(&m.body, expected, "body of {} byte-identical", s.message_id);
+        assert_eq!(
+            s.body_digest.as_ref().unwrap().checksum,
+            format!("{:X}", md5::compute(expected))
+        );
+        assert_eq!(
+            s.body_digest.as_ref().unwrap().r#type,
+            pb::DigestType::Md5 as i32
+        );
+        assert_eq!(s.body_encoding, pb::Encoding::Identity as i32);
+        assert_eq!(s.delivery_attempt, Some(1));
+        assert_eq!(s.keys, vec![format!("key-{}", s.message_id)]);
+        assert_eq!(
+            m.user_properties.get("k"),
+            Some(&format!("v-{}", s.message_id))
+        );
+        assert_eq!(
+            m.user_properties.len(),
+            1,
+            "system properties are not user properties"
+        );
+        assert!(s.store_timestamp.is_some() && s.born_timestamp.is_some());
+        assert!(s.queue_offset.is_some());
+        assert_eq!(m.topic.as_ref().unwrap().name, "orders");
+    }
+    let handles: Vec<(String, String)> = got
+        .iter()
+        .map(|m| (sys(m).message_id.clone(), handle(m)))
+        .collect();
+    let pairs: Vec<(&str, &str)> = handles
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let r = ack(&mut c, "orders", "g1", &pairs).await;
+    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    assert!(r.entries.iter().all(|e| code(&e.status) == Code::Ok));
+    // Acked twice: refused per entry.
+    let r = ack(&mut c, "orders", "g1", &pairs[..1]).await;
+    assert_eq!(code(&r.status), Code::InvalidReceiptHandle);
+    let (status, msgs) = receive(&mut c, receive_request("orders", "g1", 32, 30_000, 500)).await;
+    assert_eq!(status, Code::MessageNotFound);
+    assert!(msgs.is_empty(), "nothing comes back after the acks");
+    proxy.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_receive_ack_over_tcp() {
+    roundtrip("tcp://127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_receive_ack_over_rdma_sim() {
+    roundtrip("rdma-sim://127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_change_invisible_and_dead_letter() {
+    let dir = TempDir::new("redeliver");
+    let proxy = start(&args(&dir, "tcp://127.0.0.1:0", &["jobs:1"])).await;
+    let mut c = client(&proxy).await;
+    assert_eq!(
+        code(
+            &send(&mut c, vec![message("jobs", "m-1", "T", body(1, 100))])
+                .await
+                .status
+        ),
+        Code::Ok
+    );
+    // Received, not acked: back after the invisible time with attempt 2.
+    let (_, first) = receive(&mut c, receive_request("jobs", "g", 1, 1_000, 2_000)).await;
+    assert_eq!(first.len(), 1);
+    let t0 = Instant::now();
+    let mut again = Vec::new();
+    while again.is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        again = receive(&mut c, receive_request("jobs", "g", 1, 30_000, 3_000))
+            .await
+            .1;
+    }
+    assert_eq!(again.len(), 1, "the unacked message came back");
+    assert_eq!(sys(&again[0]).message_id, "m-1");
+    assert_eq!(sys(&again[0]).delivery_attempt, Some(2));
+    assert_eq!(again[0].body, body(1, 100));
+    // The expired first handle is refused.
+    let old = handle(&first[0]);
+    assert_eq!(
+        code(&ack(&mut c, "jobs", "g", &[("m-1", &old)]).await.status),
+        Code::InvalidReceiptHandle
+    );
+    // Change invisible: a new handle; the previous one no longer acks.
+    let h2 = handle(&again[0]);
+    let changed = c
+        .change_invisible_duration(req(
+            "test-client",
+            pb::ChangeInvisibleDurationRequest {
+                group: resource("g"),
+                topic: resource("jobs"),
+                receipt_handle: h2.clone(),
+                invisible_duration: Some(rdmq_proxy::convert::duration(60_000)),
+                message_id: "m-1".into(),
+                lite_topic: None,
+                suspend: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&changed.status), Code::Ok);
+    assert_ne!(changed.receipt_handle, h2);
+    assert_eq!(
+        code(&ack(&mut c, "jobs", "g", &[("m-1", &h2)]).await.status),
+        Code::InvalidReceiptHandle
+    );
+    // Forward to the dead-letter queue with the new handle: gone from the topic, in %DLQ%g.
+    let fwd = c
+        .forward_message_to_dead_letter_queue(req(
+            "test-client",
+            pb::ForwardMessageToDeadLetterQueueRequest {
+                group: resource("g"),
+                topic: resource("jobs"),
+                receipt_handle: changed.receipt_handle.clone(),
+                message_id: "m-1".into(),
+                delivery_attempt: 2,
+                max_delivery_attempts: 16,
+                lite_topic: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&fwd.status), Code::Ok, "{:?}", fwd.status);
+    let (_, dlq) = receive(
+        &mut c,
+        receive_request("%DLQ%g", "dlq-reader", 8, 30_000, 3_000),
+    )
+    .await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(sys(&dlq[0]).message_id, "m-1");
+    assert_eq!(dlq[0].body, body(1, 100));
+    proxy.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_documented_codes_and_the_proxy_keeps_serving() {
+    let dir = TempDir::new("bad");
+    let proxy = start(&args(&dir, "tcp://127.0.0.1:0", &["t:2"])).await;
+    let mut c = client(&proxy).await;
+
+    let route = |topic: &str| pb::QueryRouteRequest {
+        topic: resource(topic),
+        endpoints: None,
+    };
+    let r = c
+        .query_route(req("x", route("nope")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::TopicNotFound);
+    let r = c
+        .query_route(req("", route("t")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::ClientIdRequired);
+
+    let cases: Vec<(pb::Message, Code)> = vec![
+        (message("nope", "a", "T", body(0, 5)), Code::TopicNotFound),
+        (
+            message("t", "a", "T", bytes::Bytes::new()),
+            Code::MessageBodyEmpty,
+        ),
+        (
+            message("t", "a", "T", body(0, (4 << 20) + 1)),
+            Code::MessageBodyTooLarge,
+        ),
+        (message("t", "", "T", body(0, 5)), Code::IllegalMessageId),
+        (
+            message("t", "a", "a|b", body(0, 5)),
+            Code::IllegalMessageTag,
+        ),
+        (
+            {
+                let mut m = message("t", "a", "T", body(0, 5));
+                m.user_properties.insert("UNIQ_KEY".into(), "x".into());
+                m
+            },
+            Code::IllegalMessagePropertyKey,
+        ),
+        (
+            {
+                let mut m = message("t", "a", "T", body(0, 5));
+                m.system_properties.as_mut().unwrap().delivery_timestamp =
+                    Some(rdmq_proxy::convert::timestamp(
+                        rdmq_broker::store::now_ms() + 100 * 24 * 3600 * 1000,
+                    ));
+                m
+            },
+            Code::IllegalDeliveryTime,
+        ),
+    ];
+    for (m, expected) in cases {
+        let r = send(&mut c, vec![m]).await;
+        assert_eq!(code(&r.status), expected, "{:?}", r.status);
+        assert_eq!(code(&r.entries[0].status), expected);
+        assert!(!r.status.unwrap().message.is_empty(), "a reason is given");
+    }
+    let r = c
+        .send_message(req(
+            "",
+            pb::SendMessageRequest {
+                messages: vec![message("t", "a", "T", body(0, 5))],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::ClientIdRequired);
+
+    // Receive: batch size, invisible time, polling time.
+    let (s, _) = receive(&mut c, receive_request("t", "g", 0, 10_000, 1_000)).await;
+    assert_eq!(s, Code::BadRequest);
+    let (s, _) = receive(&mut c, receive_request("t", "g", 1000, 10_000, 1_000)).await;
+    assert_eq!(s, Code::BadRequest);
+    let (s, _) = receive(&mut c, receive_request("t", "g", 1, 0, 1_000)).await;
+    assert_eq!(s, Code::IllegalInvisibleTime);
+    let (s, _) = receive(&mut c, receive_request("nope", "g", 1, 10_000, 1_000)).await;
+    assert_eq!(s, Code::TopicNotFound);
+    {
+        let mut r = req("test-client", receive_request("t", "g", 1, 10_000, 1_000));
+        r.set_timeout(Duration::from_millis(300));
+        let mut stream = c.receive_message(r).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        let Some(pb::receive_message_response::Content::Status(s)) = first.content else {
+            panic!("a status first")
+        };
+        assert_eq!(s.code, Code::IllegalPollingTime as i32);
+    }
+    // The long poll ends before the caller's deadline.
+    {
+        let mut r = req("test-client", receive_request("t", "g", 1, 10_000, 20_000));
+        r.set_timeout(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let mut stream = c
+            .receive_message(r)
+            .await
+            .expect("answered before the deadline")
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        let Some(pb::receive_message_response::Content::Status(s)) = first.content else {
+            panic!("a status first")
+        };
+        assert_eq!(s.code, Code::MessageNotFound as i32);
+    }
+
+    // Forged, malformed and foreign receipt handles.
+    for h in [
+        "garbage",
+        "1 1 1 0000000000000000 0 0 broker-a t",
+        "1 1 1 0000000000000000 0 0 other-broker t",
+    ] {
+        let r = ack(&mut c, "t", "g", &[("id", h)]).await;
+        assert_eq!(code(&r.status), Code::InvalidReceiptHandle, "{h}");
+    }
+    let r = c
+        .change_invisible_duration(req(
+            "test-client",
+            pb::ChangeInvisibleDurationRequest {
+                group: resource("g"),
+                topic: resource("t"),
+                receipt_handle: "garbage".into(),
+                invisible_duration: Some(rdmq_proxy::convert::duration(-5)),
+                message_id: "id".into(),
+                lite_topic: None,
+                suspend: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::IllegalInvisibleTime);
+
+    // Unimplemented RPCs say so.
+    let r = c
+        .update_offset(req("test-client", pb::UpdateOffsetRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::NotImplemented);
+
+    // Telemetry: settings are answered merged; empty settings are refused.
+    let settings = pb::TelemetryCommand {
+        status: None,
+        command: Some(pb::telemetry_command::Command::Settings(pb::Settings {
+            client_type: Some(pb::ClientType::Producer as i32),
+            pub_sub: Some(pb::settings::PubSub::Publishing(pb::Publishing {
+                topics: vec![resource("t").unwrap()],
+                max_body_size: 0,
+                validate_message_type: true,
+            })),
+            ..Default::default()
+        })),
+    };
+    let mut t = c
+        .telemetry(req("tele", tokio_stream::iter([settings])))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = t.message().await.unwrap().unwrap();
+    assert_eq!(code(&reply.status), Code::Ok);
+    let Some(pb::telemetry_command::Command::Settings(s)) = reply.command else {
+        panic!("settings reply")
+    };
+    let Some(pb::settings::PubSub::Publishing(p)) = s.pub_sub else {
+        panic!("publishing kept")
+    };
+    assert_eq!(p.max_body_size, 4 << 20);
+    let empty = pb::TelemetryCommand {
+        status: None,
+        command: Some(pb::telemetry_command::Command::Settings(
+            pb::Settings::default(),
+        )),
+    };
+    let mut t = c
+        .telemetry(req("tele2", tokio_stream::iter([empty])))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = t.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Still serving.
+    let r = send(&mut c, vec![message("t", "ok-1", "T", body(0, 5))]).await;
+    assert_eq!(code(&r.status), Code::Ok);
+    proxy.shutdown().await.unwrap();
+}
+
+/// Starts a broker in a child process (an `rdmq-proxy --embedded-broker`, whose gRPC side
+/// stays idle) and returns it with its broker endpoint.
+fn broker_process(store: &TempDir, name: &str, topics: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rdmq-proxy"));
+    cmd.args(args(store, "tcp://127.0.0.1:0", topics))
+        .args(["--broker-name", name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(out).lines();
+    let broker = loop {
+        let line = lines.next().expect("child printed its endpoints").unwrap();
+        if let Some(b) = line.strip_prefix("broker ") {
+            break b.to_owned();
+        }
+    };
+    (child, broker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_mid_stream_fails_only_its_calls() {
+    let dir_a = TempDir::new("brokerA");
+    let dir_b = TempDir::new("brokerB");
+    let (mut child, b_url) = broker_process(&dir_b, "broker-b", &["shared:2", "only-b:1"]);
+    let mut a = args(&dir_a, "tcp://127.0.0.1:0", &["shared:2", "only-a:1"]);
+    a.extend(["--broker".into(), b_url.clone()]);
+    let proxy = start(&a).await;
+    let mut c = client(&proxy).await;
+    let r = c
+        .query_route(req(
+            "x",
+            pb::QueryRouteRequest {
+                topic: resource("shared"),
+                endpoints: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.message_queues.len(), 4, "two brokers, two queues each");
+
+    // A long poll parked on broker B when it dies.
+    let mut c2 = client(&proxy).await;
+    let parked = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let r = receive(&mut c2, receive_request("only-b", "g", 1, 10_000, 10_000)).await;
+        (r.0, t0.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    let (status, took) = parked.await.unwrap();
+    assert!(
+        matches!(status, Code::InternalServerError | Code::ProxyTimeout),
+        "the parked receive gets a clear status, got {status:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "promptly, not at the deadline: {took:?}"
+    );
+
+    // Sends to B's topic fail clearly; the shared topic fails over to A; A's topic works.
+    let r = send(&mut c, vec![message("only-b", "b1", "T", body(0, 5))]).await;
+    assert!(
+        matches!(
+            code(&r.status),
+            Code::InternalServerError | Code::ProxyTimeout | Code::TopicNotFound
+        ),
+        "{:?}",
+        r.status
+    );
+    for i in 0..4 {
+        let r = send(
+            &mut c,
+            vec![message("shared", &format!("s{i}"), "T", body(i, 5))],
+        )
+        .await;
+        assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    }
+    let r = send(&mut c, vec![message("only-a", "a1", "T", body(0, 5))]).await;
+    assert_eq!(code(&r.status), Code::Ok);
+    let (s, msgs) = receive(&mut c, receive_request("only-a", "g", 4, 10_000, 2_000)).await;
+    assert_eq!(s, Code::Ok);
+    assert_eq!(msgs.len(), 1);
+    proxy.shutdown().await.unwrap();
+}
