@@ -42,11 +42,13 @@ if [ -z "${RDMQ_SKIP_LINT:-}" ]; then
 fi
 
 # --- real clients for the compatibility tests ------------------------------------------------
-# Installed from npm and crates.io; once installed, a missing client fails its test instead of
-# skipping it.
+# Installed from PyPI, npm and crates.io; once installed, a missing client fails its test
+# instead of skipping it. Remoting clients (broker tests) and gRPC clients (proxy tests).
 if [ -z "${RDMQ_SKIP_COMPAT:-}" ]; then
-  log "real RocketMQ clients (scripts/compat-clients.sh)"
+  log "real RocketMQ remoting clients (scripts/compat-clients.sh)"
   scripts/compat-clients.sh
+  log "real RocketMQ gRPC clients (scripts/compat-grpc-clients.sh)"
+  scripts/compat-grpc-clients.sh
   export RDMQ_REQUIRE_COMPAT=1
 fi
 

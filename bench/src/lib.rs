@@ -1,8 +1,9 @@
 //! Shared measurement code of the rdmq benchmarks: latency histograms, the machine label that
 //! goes with every number, and transport round-trip and pipelined-throughput runs over any
-//! [`Transport`](rdmq_transport::Transport), the broker's store under concurrent appends, and pop consumption and timers.
+//! [`Transport`](rdmq_transport::Transport), the broker's store under concurrent appends, pop consumption and timers, and sends end to end through the proxy.
 
 pub mod affinity;
+pub mod e2e;
 pub mod pop;
 pub mod report;
 pub mod sim;

@@ -28,6 +28,10 @@ commands:
   pop         pop + ack throughput of 1 KiB messages (--sizes): --producers consumers
               (default 16) pop batches of 32 and ack each message, in ASYNC and SYNC modes;
               every pop and ack is logged through the commit log before it is answered
+  e2e         end to end through rdmq-proxy: gRPC SendMessage of 1 KiB (--sizes) → proxy →
+              SEND_MESSAGE_V2 to an embedded broker over TCP and over rdma-sim (--only), one
+              in flight (p50/p99) and 16 in flight (messages/s, CPU µs per message), in one
+              run with the rdma-sim/TCP ratios
   timers      timer firing accuracy: --iterations timers (default 200000) due over 5 s are
               parked, fired by the timing wheel, and their lateness reported (p50/p99/max)
 ";
@@ -51,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
         "store" => 400_000,
         "pop" => 100_000,
         "timers" => 200_000,
+        "e2e" => 5_000,
         _ => 20_000,
     };
     let mut only = None;
@@ -386,6 +391,71 @@ fn store_bench(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+async fn e2e_command(args: &Args) -> Result<(), String> {
+    use rdmq_bench::e2e;
+    let sizes = if args.sizes_given {
+        args.sizes.clone()
+    } else {
+        vec![1024]
+    };
+    let wanted = |name: &str| {
+        args.only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|x| x.trim() == name))
+    };
+    println!("{}", machine_line());
+    println!(
+        "end to end: gRPC client → rdmq-proxy → broker (ASYNC flush, embedded, same process); {} sends per run; rdma-sim = simulated NIC",
+        args.iterations
+    );
+    let mut results: Vec<(&str, usize, e2e::E2eRun)> = Vec::new();
+    for (name, url, label) in [
+        ("tcp", "tcp://127.0.0.1:0", "measured, TCP loopback"),
+        ("rdma-sim", "rdma-sim://127.0.0.1:0", "simulated NIC"),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        std::fs::create_dir_all(&args.dir).map_err(|e| e.to_string())?;
+        let dir = rdmq_bench::store::run_dir(&args.dir, &format!("e2e-{name}"))
+            .map_err(|e| e.to_string())?;
+        let proxy = e2e::start(url, &dir).await?;
+        for &size in &sizes {
+            let r = e2e::run(&proxy, size, args.iterations, 16).await;
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = proxy.shutdown().await;
+                    return Err(e);
+                }
+            };
+            println!(
+                "e2e send {name:<8} {size:>5} B  latency {}  | 16 in flight {:>7.0} msg/s, {:>6.1} µs CPU/msg  [{label}]",
+                summary(&r.latency),
+                r.rate,
+                r.cpu_per_message_us,
+            );
+            results.push((name, size, r));
+        }
+        proxy.shutdown().await?;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    for &size in &sizes {
+        let find = |n: &str| results.iter().find(|(x, s, _)| *x == n && *s == size);
+        if let (Some((_, _, t)), Some((_, _, r))) = (find("tcp"), find("rdma-sim")) {
+            let q = |h: &hdrhistogram::Histogram<u64>, p| h.value_at_quantile(p) as f64;
+            println!(
+                "e2e ratio rdma-sim/tcp {size:>5} B: p50 {:.2}×  p99 {:.2}×  msg/s {:.2}×  CPU/msg {:.2}×  (same run; simulated NIC)",
+                q(&r.latency, 0.5) / q(&t.latency, 0.5),
+                q(&r.latency, 0.99) / q(&t.latency, 0.99),
+                r.rate / t.rate,
+                r.cpu_per_message_us / t.cpu_per_message_us,
+            );
+        }
+    }
+    Ok(())
+}
+
 fn pop_bench(args: &Args) -> Result<(), String> {
     use rdmq_bench::{pop, store};
     use rdmq_broker::store::FlushMode;
@@ -499,6 +569,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match args.command.as_str() {
             "transport" => transport_command(&args).await,
+            "e2e" => e2e_command(&args).await,
             "sim" => sim_bench(args.iterations),
             "sim-peer" => {
                 sim::peer_main();
