@@ -95,6 +95,7 @@ impl RunningBroker {
     /// Drains the listeners (in-flight requests are answered), then flushes and stops the
     /// store.
     pub async fn shutdown(self) -> Result<(), String> {
+        self.broker.pop.end_long_polls();
         for h in self.handles {
             h.shutdown(self.grace).await;
         }

@@ -27,6 +27,9 @@ pub struct ProxyConfig {
     pub max_delivery_attempts: u32,
     /// How long a drain waits for in-flight calls (ms).
     pub drain_grace_ms: u64,
+    /// Sends and receives in progress at once (long polls included); more get
+    /// TOO_MANY_REQUESTS.
+    pub max_in_flight: usize,
     /// Run a broker in this process and forward to it over its first listener.
     pub embedded_broker: Option<BrokerConfig>,
 }
@@ -43,6 +46,7 @@ impl Default for ProxyConfig {
             max_long_polling_ms: 20_000,
             max_delivery_attempts: 16,
             drain_grace_ms: 5_000,
+            max_in_flight: 10_000,
             embedded_broker: None,
         }
     }
@@ -58,6 +62,7 @@ usage: rdmq-proxy [options]
   --max-body-size BYTES    largest message body (suffixes K, M, G; default 4M)
   --call-timeout-ms N      broker call timeout
   --connections N          connections per broker
+  --max-in-flight N        sends and receives at once (default 10000; then TOO_MANY_REQUESTS)
 embedded broker (one command runs everything):
   --embedded-broker        run a broker in this process
   --broker-listen URL      its endpoint, also the transport used to reach it
@@ -122,6 +127,13 @@ impl ProxyConfig {
                 }
                 "--call-timeout-ms" => {
                     cfg.call_timeout_ms = value.parse().map_err(|_| bad("not a number"))?
+                }
+                "--max-in-flight" => {
+                    cfg.max_in_flight = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad("not a positive number"))?
                 }
                 "--connections" => {
                     cfg.connections_per_broker = value.parse().map_err(|_| bad("not a number"))?

@@ -82,6 +82,7 @@ impl RunningProxy {
                 max_long_polling: Duration::from_millis(cfg.max_long_polling_ms),
                 max_delivery_attempts: cfg.max_delivery_attempts,
                 advertise,
+                max_in_flight: cfg.max_in_flight,
             },
             stop_rx.clone(),
         );

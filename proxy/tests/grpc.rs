@@ -519,3 +519,112 @@ async fn a_broker_killed_mid_stream_fails_only_its_calls() {
     assert_eq!(msgs.len(), 1);
     proxy.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_with_too_many_requests_and_clients_come_and_go() {
+    let dir = TempDir::new("overload");
+    let mut a = args(&dir, "tcp://127.0.0.1:0", &["t:2"]);
+    a.extend(["--max-in-flight".into(), "1".into()]);
+    let proxy = start(&a).await;
+    let mut c = client(&proxy).await;
+    // One receive parked: the only slot is taken.
+    let mut c2 = client(&proxy).await;
+    let parked = tokio::spawn(async move {
+        receive(&mut c2, receive_request("t", "g", 1, 10_000, 2_000))
+            .await
+            .0
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = send(&mut c, vec![message("t", "m1", "T", body(0, 5))]).await;
+    assert_eq!(code(&r.status), Code::TooManyRequests, "{:?}", r.status);
+    assert_eq!(parked.await.unwrap(), Code::MessageNotFound);
+    // The slot is free again.
+    let r = send(&mut c, vec![message("t", "m1", "T", body(0, 5))]).await;
+    assert_eq!(code(&r.status), Code::Ok);
+
+    // Push consumers' assignment: one queue per broker, any queue id.
+    let r = c
+        .query_assignment(req(
+            "x",
+            pb::QueryAssignmentRequest {
+                topic: resource("t"),
+                group: resource("g"),
+                endpoints: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+    assert_eq!(r.assignments.len(), 1);
+    assert_eq!(r.assignments[0].message_queue.as_ref().unwrap().id, -1);
+    // Heartbeat and termination need a client id; settings are dropped on termination.
+    let hb = c
+        .heartbeat(req(
+            "",
+            pb::HeartbeatRequest {
+                group: None,
+                client_type: 1,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&hb.status), Code::ClientIdRequired);
+    let settings = pb::TelemetryCommand {
+        status: None,
+        command: Some(pb::telemetry_command::Command::Settings(pb::Settings {
+            pub_sub: Some(pb::settings::PubSub::Subscription(
+                pb::Subscription::default(),
+            )),
+            ..Default::default()
+        })),
+    };
+    let mut t = c
+        .telemetry(req("leaving", tokio_stream::iter([settings])))
+        .await
+        .unwrap()
+        .into_inner();
+    t.message().await.unwrap().unwrap();
+    assert_eq!(proxy.service().client_count(), 1);
+    let bye = c
+        .notify_client_termination(req(
+            "leaving",
+            pb::NotifyClientTerminationRequest {
+                group: resource("g"),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&bye.status), Code::Ok);
+    assert_eq!(proxy.service().client_count(), 0);
+    proxy.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_answers_parked_long_polls_at_once() {
+    let dir = TempDir::new("drain");
+    let proxy = start(&args(&dir, "tcp://127.0.0.1:0", &["t:1"])).await;
+    let mut c = client(&proxy).await;
+    let parked = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let r = receive(&mut c, receive_request("t", "g", 1, 10_000, 10_000))
+            .await
+            .0;
+        (r, t0.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    proxy.shutdown().await.unwrap();
+    let (status, took) = parked.await.unwrap();
+    assert_eq!(status, Code::MessageNotFound);
+    assert!(
+        took < Duration::from_secs(3),
+        "answered at the drain, not after the 10 s poll: {took:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the drain itself is bounded"
+    );
+}

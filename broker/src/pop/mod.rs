@@ -201,6 +201,8 @@ struct Inner {
     /// Woken when something becomes poppable without a new message (ack, FIFO redelivery).
     available: tokio::sync::Notify,
     stop: AtomicBool,
+    /// Set by a drain: long polls answer at once.
+    draining: AtomicBool,
     rotate: AtomicU64,
     seq: AtomicU64,
     seq_key: u64,
@@ -296,6 +298,7 @@ impl PopService {
             groups: Mutex::new(groups.into_iter().map(|g| (g.name.clone(), g)).collect()),
             available: tokio::sync::Notify::new(),
             stop: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             rotate: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             seq_key: random_key(),
@@ -366,7 +369,7 @@ impl PopService {
             let notified = inner.available.notified();
             let r = inner.try_pop(req, topic.queues()).await?;
             let left = poll_until.saturating_duration_since(Instant::now());
-            if !r.messages.is_empty() || left.is_zero() {
+            if !r.messages.is_empty() || left.is_zero() || inner.draining.load(Ordering::SeqCst) {
                 return Ok(r);
             }
             tokio::select! {
@@ -477,6 +480,12 @@ impl PopService {
     /// Messages in flight (all groups).
     pub fn in_flight(&self) -> usize {
         self.inner.lock_state().deadlines.len()
+    }
+
+    /// Ends every long poll now, and makes later ones answer at once (a drain).
+    pub fn end_long_polls(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner.available.notify_waiters();
     }
 
     /// Saves a snapshot and stops the revive thread.

@@ -33,6 +33,8 @@ pub struct ServiceConfig {
     pub max_delivery_attempts: u32,
     /// `host:port` put in routes, when not the one the client dialled.
     pub advertise: Option<(String, u16)>,
+    /// Sends and receives in progress at once; beyond it calls get TOO_MANY_REQUESTS.
+    pub max_in_flight: usize,
 }
 
 /// Time kept between the end of a long poll and the caller's deadline.
@@ -56,6 +58,7 @@ struct Shared {
     cfg: ServiceConfig,
     clients: Mutex<HashMap<String, ClientState>>,
     shutdown: watch::Receiver<bool>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// The service. Cheap to clone.
@@ -84,6 +87,7 @@ impl MessagingProxy {
         Self {
             shared: Arc::new(Shared {
                 cluster,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.max_in_flight.max(1))),
                 cfg,
                 clients: Mutex::new(HashMap::new()),
                 shutdown,
@@ -94,6 +98,23 @@ impl MessagingProxy {
     /// Clients that sent settings and have not terminated.
     pub fn client_count(&self) -> usize {
         self.clients().len()
+    }
+
+    /// A slot for one send or receive, or TOO_MANY_REQUESTS (clients back off and retry).
+    fn admit(&self) -> ProxyResult<tokio::sync::OwnedSemaphorePermit> {
+        self.shared
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ProxyError::new(
+                    Code::TooManyRequests,
+                    format!(
+                        "{} sends and receives are in progress; retry later",
+                        self.shared.cfg.max_in_flight
+                    ),
+                )
+            })
     }
 
     fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, ClientState>> {
@@ -182,6 +203,7 @@ impl MessagingProxy {
         req: pb::SendMessageRequest,
     ) -> ProxyResult<Vec<pb::SendResultEntry>> {
         client_id(md)?;
+        let _slot = self.admit()?;
         let first = req
             .messages
             .first()
@@ -241,6 +263,7 @@ impl MessagingProxy {
         req: pb::ReceiveMessageRequest,
     ) -> ProxyResult<(Vec<pb::Message>, i64)> {
         let client = client_id(md)?;
+        let _slot = self.admit()?;
         let group = resource_name(&req.group).to_owned();
         require(&group, Code::IllegalConsumerGroup, "group")?;
         let topic = req
@@ -618,9 +641,15 @@ impl MessagingService for MessagingProxy {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<pb::TelemetryCommand, GrpcStatus>>(8);
         let this = self.clone();
+        let mut shutdown = self.shared.shutdown.clone();
         tokio::spawn(async move {
             loop {
-                let cmd = match inbound.message().await {
+                // A drain ends telemetry streams, so the HTTP/2 connections can close.
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = shutdown.wait_for(|s| *s) => break,
+                };
+                let cmd = match next {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(e) => {
