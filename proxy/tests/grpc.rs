@@ -628,3 +628,44 @@ async fn a_drain_answers_parked_long_polls_at_once() {
         "the drain itself is bounded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_stay_valid_across_proxies_because_the_proxy_is_stateless() {
+    let dir_p = TempDir::new("stateless-p");
+    let dir_b = TempDir::new("stateless-b");
+    let (mut child, b_url) = broker_process(&dir_b, "broker-x", &["s:1"]);
+    // Proxy 1 (with its own embedded broker, not holding the topic) delivers the message.
+    let mut a = args(&dir_p, "tcp://127.0.0.1:0", &[]);
+    a.extend(["--broker".into(), b_url.clone()]);
+    let p1 = start(&a).await;
+    let mut c = client(&p1).await;
+    assert_eq!(
+        code(
+            &send(&mut c, vec![message("s", "m", "T", body(3, 33))])
+                .await
+                .status
+        ),
+        Code::Ok
+    );
+    let (_, got) = receive(&mut c, receive_request("s", "g", 1, 60_000, 3_000)).await;
+    assert_eq!(got.len(), 1);
+    let h = handle(&got[0]);
+    p1.shutdown().await.unwrap();
+    // Proxy 2, freshly started, has never seen broker-x: the ack still works.
+    let p2 = start(&[
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--broker".into(),
+        b_url,
+    ])
+    .await;
+    let mut c = client(&p2).await;
+    let r = ack(&mut c, "s", "g", &[("m", &h)]).await;
+    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    let (s, msgs) = receive(&mut c, receive_request("s", "g", 1, 60_000, 500)).await;
+    assert_eq!(s, Code::MessageNotFound);
+    assert!(msgs.is_empty());
+    p2.shutdown().await.unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -390,9 +390,16 @@ impl Cluster {
         }
     }
 
-    fn handle_target(&self, handle: &str) -> ProxyResult<(ReceiptHandle, Endpoint)> {
+    /// The broker a receipt handle names. A proxy is stateless: a handle issued through
+    /// another proxy (or before a restart) names a broker not seen yet, so the brokers are
+    /// asked for their names first (through the route of the pop log, which every broker
+    /// has: a forged handle's topic is never looked up, so it cannot auto-create one).
+    async fn handle_target(&self, handle: &str) -> ProxyResult<(ReceiptHandle, Endpoint)> {
         let h = ReceiptHandle::parse(handle)
             .map_err(|e| ProxyError::new(Code::InvalidReceiptHandle, e.to_string()))?;
+        if self.endpoint_of(&h.broker).is_none() {
+            let _ = self.route(rdmq_broker::pop::POP_LOG_TOPIC).await;
+        }
         let ep = self.endpoint_of(&h.broker).ok_or_else(|| {
             ProxyError::new(
                 Code::InvalidReceiptHandle,
@@ -404,7 +411,7 @@ impl Cluster {
 
     /// Acks one message by its receipt handle.
     pub async fn ack(&self, group: &str, handle: &str) -> ProxyResult<()> {
-        let (h, ep) = self.handle_target(handle)?;
+        let (h, ep) = self.handle_target(handle).await?;
         let req = RemotingCommand::request(request_code::ACK_MESSAGE)
             .with_field("consumerGroup", group)
             .with_field("topic", &h.topic)
@@ -422,7 +429,7 @@ impl Cluster {
         handle: &str,
         invisible: Duration,
     ) -> ProxyResult<Changed> {
-        let (h, ep) = self.handle_target(handle)?;
+        let (h, ep) = self.handle_target(handle).await?;
         let req = RemotingCommand::request(request_code::CHANGE_MESSAGE_INVISIBLETIME)
             .with_field("consumerGroup", group)
             .with_field("topic", &h.topic)
@@ -445,7 +452,7 @@ impl Cluster {
 
     /// Moves the message of `handle` to the group's dead-letter topic now.
     pub async fn dead_letter(&self, group: &str, handle: &str) -> ProxyResult<()> {
-        let (h, ep) = self.handle_target(handle)?;
+        let (h, ep) = self.handle_target(handle).await?;
         let req = RemotingCommand::request(request_code::CONSUMER_SEND_MSG_BACK)
             .with_field("group", group)
             .with_field("offset", h.offset.to_string())
