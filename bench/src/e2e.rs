@@ -91,9 +91,13 @@ pub async fn run(
     concurrency: usize,
 ) -> Result<E2eRun, String> {
     let url = format!("http://{}", proxy.grpc_addr());
-    let mut c = MessagingServiceClient::connect(url.clone())
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| e.to_string())?
+        .tcp_nodelay(true)
+        .connect()
         .await
         .map_err(|e| e.to_string())?;
+    let mut c = MessagingServiceClient::new(channel);
     let body = Bytes::from(vec![0x5a; size]);
     for i in 0..(iterations / 10).max(10) {
         send_one(&mut c, message(i, &body)).await?;

@@ -97,11 +97,14 @@ impl RunningProxy {
         let svc = MessagingServiceServer::new(service.clone())
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message.max(64 << 20));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // NODELAY on every accepted connection (the builder's own setting does not reach an
+        // incoming stream): without it small responses wait for delayed ACKs (~40 ms).
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
         let mut until = stop_rx;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async move {
