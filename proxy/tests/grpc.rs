@@ -669,3 +669,80 @@ async fn handles_stay_valid_across_proxies_because_the_proxy_is_stateless() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orderly_group_gets_fifo_delivery_through_grpc() {
+    use rdmq_transport::remoting::{Client, ClientConfig};
+    use rdmq_transport::{AnyTransport, RemotingCommand};
+    let dir = TempDir::new("fifo");
+    let proxy = start(&args(&dir, "tcp://127.0.0.1:0", &["fifo:1"])).await;
+    // The group is made orderly on the broker (UPDATE_AND_CREATE_SUBSCRIPTIONGROUP).
+    let admin = Client::new(AnyTransport::default(), ClientConfig::default());
+    let resp = admin
+        .invoke(
+            &proxy.brokers()[0],
+            RemotingCommand::request(200)
+                .with_body(br#"{"groupName":"ordered","consumeMessageOrderly":true}"#.to_vec()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.code, 0, "{:?}", resp.remark);
+    let mut c = client(&proxy).await;
+    for (id, group) in [
+        ("a1", "A"),
+        ("a2", "A"),
+        ("b1", "B"),
+        ("a3", "A"),
+        ("b2", "B"),
+    ] {
+        let mut m = message("fifo", id, "T", body(0, 8));
+        m.system_properties.as_mut().unwrap().message_group = Some(group.into());
+        m.system_properties.as_mut().unwrap().message_type = pb::MessageType::Fifo as i32;
+        assert_eq!(code(&send(&mut c, vec![m]).await.status), Code::Ok);
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..10 {
+        let (_, got) = receive(
+            &mut c,
+            receive_request("fifo", "ordered", 32, 30_000, 1_000),
+        )
+        .await;
+        if got.is_empty() {
+            break;
+        }
+        let groups: Vec<_> = got.iter().map(|m| sys(m).message_group.clone()).collect();
+        let unique: std::collections::BTreeSet<_> = groups.iter().collect();
+        assert_eq!(
+            unique.len(),
+            groups.len(),
+            "one message per group per batch: {groups:?}"
+        );
+        assert!(
+            got.iter()
+                .all(|m| sys(m).message_type == pb::MessageType::Fifo as i32)
+        );
+        // While this batch is in flight, nothing else is handed out.
+        let (_, other) = receive(&mut c, receive_request("fifo", "ordered", 32, 30_000, 300)).await;
+        assert!(
+            other.is_empty(),
+            "queue locked while its messages are in flight"
+        );
+        let ids: Vec<String> = got.iter().map(|m| sys(m).message_id.clone()).collect();
+        let hs: Vec<String> = got.iter().map(handle).collect();
+        let pairs: Vec<(&str, &str)> = ids
+            .iter()
+            .map(String::as_str)
+            .zip(hs.iter().map(String::as_str))
+            .collect();
+        assert_eq!(
+            code(&ack(&mut c, "fifo", "ordered", &pairs).await.status),
+            Code::Ok
+        );
+        seen.extend(ids);
+    }
+    let order = |g: char| -> Vec<&String> { seen.iter().filter(|s| s.starts_with(g)).collect() };
+    assert_eq!(order('a'), ["a1", "a2", "a3"]);
+    assert_eq!(order('b'), ["b1", "b2"]);
+    proxy.shutdown().await.unwrap();
+}

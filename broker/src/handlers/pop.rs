@@ -183,15 +183,27 @@ pub(super) async fn create_group(b: &Broker, req: Request) -> Result<RemotingCom
                 )
             })? as u32,
     };
+    let fifo = match v.get("consumeMessageOrderly") {
+        None => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(fail(
+                response_code::INVALID_PARAMETER,
+                "consumeMessageOrderly must be true or false",
+            ));
+        }
+    };
     b.pop
         .put_group(GroupConfig {
             name: name.to_owned(),
             max_attempts,
+            fifo,
         })
         .map_err(store_failure)?;
     tracing::info!(
         group = name,
         max_attempts,
+        fifo,
         "consumer group created or updated"
     );
     Ok(ok())

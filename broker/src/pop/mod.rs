@@ -110,6 +110,10 @@ pub struct GroupConfig {
     pub name: String,
     /// Deliveries of a message before it goes to the dead-letter topic.
     pub max_attempts: u32,
+    /// Consumes in order (FIFO) whatever the pop requests say: each queue is locked while
+    /// its delivered messages are in flight (upstream's `consumeMessageOrderly`).
+    #[serde(default)]
+    pub fifo: bool,
 }
 
 /// Why a pop operation was refused.
@@ -349,7 +353,17 @@ impl PopService {
                 req.invisible_ms
             )));
         }
-        inner.group_or_create(&req.group)?;
+        let group = inner.group_or_create(&req.group)?;
+        let ordered;
+        let req = if group.fifo && !req.fifo {
+            ordered = PopRequest {
+                fifo: true,
+                ..req.clone()
+            };
+            &ordered
+        } else {
+            req
+        };
         let topic = inner
             .store
             .topic(&req.topic)
@@ -537,6 +551,7 @@ impl Inner {
         let g = GroupConfig {
             name: name.to_owned(),
             max_attempts: self.cfg.default_max_attempts,
+            fifo: false,
         };
         groups.insert(name.to_owned(), g.clone());
         let mut all: Vec<&GroupConfig> = groups.values().collect();
