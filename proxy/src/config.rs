@@ -46,7 +46,9 @@ impl Default for ProxyConfig {
             max_long_polling_ms: 20_000,
             max_delivery_attempts: 16,
             drain_grace_ms: 5_000,
-            max_in_flight: 10_000,
+            // Below the long-poll connections' request permits (2 × 4,096), so polls never
+            // wait for a permit on the broker connection.
+            max_in_flight: 8_000,
             embedded_broker: None,
         }
     }
@@ -62,7 +64,7 @@ usage: rdmq-proxy [options]
   --max-body-size BYTES    largest message body (suffixes K, M, G; default 4M)
   --call-timeout-ms N      broker call timeout
   --connections N          connections per broker
-  --max-in-flight N        sends and receives at once (default 10000; then TOO_MANY_REQUESTS)
+  --max-in-flight N        sends and receives at once (default 8000; then TOO_MANY_REQUESTS)
 embedded broker (one command runs everything):
   --embedded-broker        run a broker in this process
   --broker-listen URL      its endpoint, also the transport used to reach it
@@ -80,9 +82,27 @@ embedded broker (one command runs everything):
 pub struct ConfigError(pub String);
 
 impl ProxyConfig {
-    /// Parses TOML text.
+    /// Parses TOML text. An `[embedded_broker]` section starts from the embedded defaults
+    /// (loopback listener on a free port, no topic auto-creation), not a standalone broker's.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+        let mut cfg: Self = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        if let Some(b) = cfg.embedded_broker.as_mut() {
+            let table: toml::Table = text.parse().map_err(|e| ConfigError(format!("{e}")))?;
+            let given = |k: &str| {
+                table
+                    .get("embedded_broker")
+                    .and_then(|t| t.as_table())
+                    .is_some_and(|t| t.contains_key(k))
+            };
+            let defaults = embedded_defaults();
+            if !given("listen") {
+                b.listen = defaults.listen;
+            }
+            if !given("auto_create_topics") {
+                b.auto_create_topics = defaults.auto_create_topics;
+            }
+        }
+        Ok(cfg)
     }
 
     /// The configuration from `args` (without the program name). `Ok(None)`: `--help`.
@@ -278,7 +298,14 @@ mod tests {
         }
         let toml = "listen = \"127.0.0.1:8081\"\nbrokers = [\"tcp://127.0.0.1:10911\"]\n[embedded_broker]\ntopics = [{ name = \"t\", queues = 2 }]\n";
         let c = ProxyConfig::from_toml(toml).unwrap();
-        assert_eq!(c.embedded_broker.unwrap().topics[0].name, "t");
+        let b = c.embedded_broker.unwrap();
+        assert_eq!(b.topics[0].name, "t");
+        assert_eq!(
+            b.listen,
+            vec!["tcp://127.0.0.1:0".to_owned()],
+            "embedded defaults"
+        );
+        assert!(!b.auto_create_topics);
         assert!(ProxyConfig::from_toml("nope = 1").is_err());
     }
 }

@@ -174,7 +174,13 @@ pub fn outgoing(m: &pb::Message, topic: &str, limits: &Limits, now: i64) -> Prox
             ));
         }
         let at = millis(at);
-        if at - now > limits.max_delay_ms {
+        if at < 0 {
+            return Err(bad(
+                Code::IllegalDeliveryTime,
+                format!("delivery time {at} is before 1970"),
+            ));
+        }
+        if at.saturating_sub(now) > limits.max_delay_ms {
             return Err(bad(
                 Code::IllegalDeliveryTime,
                 format!(

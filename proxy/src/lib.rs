@@ -147,11 +147,15 @@ impl RunningProxy {
     /// in-flight calls finish (bounded by the drain grace); then the embedded broker stops.
     pub async fn shutdown(self) -> Result<(), String> {
         let _ = self.stop.send(true);
+        let abort = self.server.abort_handle();
         match tokio::time::timeout(self.grace, self.server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
-            Err(_) => tracing::warn!("in-flight gRPC calls outlived the drain grace"),
+            Err(_) => {
+                tracing::warn!("in-flight gRPC calls outlived the drain grace; closing them");
+                abort.abort();
+            }
         }
         self.cluster.close().await;
         if let Some(b) = self.broker {

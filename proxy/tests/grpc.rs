@@ -514,6 +514,20 @@ async fn a_broker_killed_mid_stream_fails_only_its_calls() {
     }
     let r = send(&mut c, vec![message("only-a", "a1", "T", body(0, 5))]).await;
     assert_eq!(code(&r.status), Code::Ok);
+    // FIFO groups keep their queue: a group living on the dead broker is refused, not moved
+    // to broker A (which would break its order); groups on A keep working.
+    let (mut ok, mut refused) = (0, 0);
+    for g in 0..20 {
+        let mut m = message("shared", &format!("f{g}"), "T", body(g, 5));
+        m.system_properties.as_mut().unwrap().message_group = Some(format!("group-{g}"));
+        let r = send(&mut c, vec![m]).await;
+        match code(&r.status) {
+            Code::Ok => ok += 1,
+            Code::InternalServerError => refused += 1,
+            other => panic!("unexpected {other:?}: {:?}", r.status),
+        }
+    }
+    assert!(ok > 0 && refused > 0, "groups on both brokers: {ok} sent, {refused} refused");
     let (s, msgs) = receive(&mut c, receive_request("only-a", "g", 4, 10_000, 2_000)).await;
     assert_eq!(s, Code::Ok);
     assert_eq!(msgs.len(), 1);
@@ -580,8 +594,14 @@ async fn overload_is_refused_with_too_many_requests_and_clients_come_and_go() {
             ..Default::default()
         })),
     };
+    // The telemetry stream stays open as long as the client lives.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(settings.clone()).await.unwrap();
     let mut t = c
-        .telemetry(req("leaving", tokio_stream::iter([settings])))
+        .telemetry(req(
+            "leaving",
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -598,6 +618,26 @@ async fn overload_is_refused_with_too_many_requests_and_clients_come_and_go() {
         .unwrap()
         .into_inner();
     assert_eq!(code(&bye.status), Code::Ok);
+    assert_eq!(proxy.service().client_count(), 0);
+    drop(tx);
+    // A client that vanishes without terminating is forgotten when its stream ends.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(settings).await.unwrap();
+    let mut t = c
+        .telemetry(req(
+            "crashing",
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    t.message().await.unwrap().unwrap();
+    assert_eq!(proxy.service().client_count(), 1);
+    drop(tx);
+    let t0 = Instant::now();
+    while proxy.service().client_count() != 0 && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(proxy.service().client_count(), 0);
     proxy.shutdown().await.unwrap();
 }
@@ -744,5 +784,80 @@ async fn an_orderly_group_gets_fifo_delivery_through_grpc() {
     let order = |g: char| -> Vec<&String> { seen.iter().filter(|s| s.starts_with(g)).collect() };
     assert_eq!(order('a'), ["a1", "a2", "a3"]);
     assert_eq!(order('b'), ["b1", "b2"]);
+    proxy.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_topics_are_closed_and_abandoned_or_nacked_messages_return_at_once() {
+    let dir = TempDir::new("system");
+    let proxy = start(&args(&dir, "tcp://127.0.0.1:0", &["work:1"])).await;
+    let mut c = client(&proxy).await;
+    // The pop log (which would reveal receipt handles) and retry topics are off limits.
+    for t in ["rmq_sys_POP_LOG", "%RETRY%g+work"] {
+        let r = send(&mut c, vec![message(t, "x", "T", body(0, 5))]).await;
+        assert_eq!(code(&r.status), Code::IllegalTopic, "{t}");
+        let (s, _) = receive(&mut c, receive_request(t, "g", 1, 10_000, 100)).await;
+        assert_eq!(s, Code::IllegalTopic, "{t}");
+    }
+    let r = send(&mut c, vec![message("%DLQ%g", "x", "T", body(0, 5))]).await;
+    assert_eq!(
+        code(&r.status),
+        Code::IllegalTopic,
+        "dead-letter topics are read-only"
+    );
+
+    // A receive the client abandons: what the broker popped for it is released at once.
+    let mut c2 = client(&proxy).await;
+    let abandoned = tokio::spawn(async move {
+        receive(&mut c2, receive_request("work", "g", 1, 60_000, 5_000)).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    assert_eq!(
+        code(
+            &send(&mut c, vec![message("work", "w1", "T", body(0, 5))])
+                .await
+                .status
+        ),
+        Code::Ok
+    );
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        got = receive(&mut c, receive_request("work", "g", 1, 60_000, 2_000))
+            .await
+            .1;
+    }
+    assert_eq!(got.len(), 1, "not hidden for the abandoned call's 60 s");
+    assert_eq!(sys(&got[0]).message_id, "w1");
+
+    // A nack (invisible time 0) makes the message visible again now.
+    let r = c
+        .change_invisible_duration(req(
+            "test-client",
+            pb::ChangeInvisibleDurationRequest {
+                group: resource("g"),
+                topic: resource("work"),
+                receipt_handle: handle(&got[0]),
+                invisible_duration: Some(rdmq_proxy::convert::duration(0)),
+                message_id: "w1".into(),
+                lite_topic: None,
+                suspend: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    let t0 = Instant::now();
+    let mut again = Vec::new();
+    while again.is_empty() && t0.elapsed() < Duration::from_secs(5) {
+        again = receive(&mut c, receive_request("work", "g", 1, 60_000, 1_000))
+            .await
+            .1;
+    }
+    assert_eq!(again.len(), 1, "a nacked message comes back at once");
+    assert_eq!(sys(&again[0]).message_id, "w1");
     proxy.shutdown().await.unwrap();
 }

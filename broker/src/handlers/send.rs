@@ -19,6 +19,13 @@ pub(super) async fn send(b: &Broker, req: Request) -> Result<RemotingCommand, Re
     let cmd = &req.command;
     let f = Fields(cmd);
     let topic = f.str2("b", "topic")?;
+    if topic.starts_with("rmq_sys_") {
+        // The pop log and the timer wheel are written by the broker only.
+        return Err(fail(
+            response_code::NO_PERMISSION,
+            format!("topic `{topic}` is a system topic and cannot be sent to"),
+        ));
+    }
     let queues_hint = f.opt_num2("d", "defaultTopicQueueNums")?;
     let topic_cfg = b.topic_or_create(topic, queues_hint)?;
     if topic_cfg.perm & crate::store::meta::PERM_WRITE == 0 {

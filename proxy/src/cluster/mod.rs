@@ -25,8 +25,8 @@ pub use route::{BrokerQueues, TopicRoute};
 
 /// How long a learned route is used before it is asked for again.
 const ROUTE_TTL: Duration = Duration::from_secs(10);
-/// Extra time a pop call gets beyond its long-poll time.
-const POP_MARGIN: Duration = Duration::from_secs(3);
+/// Time left for a broker's answer to travel back after its long poll ends.
+const REPLY_MARGIN: Duration = Duration::from_millis(300);
 /// The producer group sends are made under (gRPC producers have none).
 const PRODUCER_GROUP: &str = "rdmq-proxy";
 
@@ -67,8 +67,11 @@ pub struct PopArgs {
     pub max: u32,
     /// Invisible time.
     pub invisible: Duration,
-    /// Long-poll time.
+    /// Longest long poll.
     pub poll: Duration,
+    /// When the answer must be back (the caller's deadline less a margin); every broker call
+    /// of the pop, route lookup included, ends by then.
+    pub answer_by: Instant,
     /// FIFO consumption.
     pub fifo: bool,
 }
@@ -91,11 +94,31 @@ pub struct Changed {
     pub handle: String,
 }
 
+/// The receipt handles of a popped batch.
+pub fn handles_of(batch: &PoppedBatch) -> Vec<String> {
+    batch
+        .messages
+        .iter()
+        .filter_map(|m| {
+            message::Properties::parse(&m.properties)
+                .ok()?
+                .get(message::prop::POP_CK)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 /// Connections and routes to the brokers.
 #[derive(Debug)]
 pub struct Cluster {
     client: Client<AnyTransport>,
+    /// Long polls get their own connections, so sends and acks never queue behind them.
+    poll_client: Client<AnyTransport>,
     seeds: Vec<Endpoint>,
+    /// Per topic, every broker ever seen holding it (by name, with its write queues): FIFO
+    /// groups hash over this stable list, so a broker briefly unreachable does not move
+    /// groups to other queues.
+    fifo_layout: Mutex<HashMap<String, Vec<(String, u32)>>>,
     routes: Mutex<HashMap<String, Arc<TopicRoute>>>,
     /// Broker name → endpoint, learned from route answers.
     names: Mutex<HashMap<String, Endpoint>>,
@@ -111,18 +134,19 @@ impl Cluster {
         connections_per_broker: usize,
         call_timeout: Duration,
     ) -> Self {
-        let client = Client::new(
-            transport,
-            ClientConfig {
-                connections_per_endpoint: connections_per_broker.max(1),
-                call_timeout,
-                backoff_max: Duration::from_secs(2),
-                ..ClientConfig::default()
-            },
-        );
+        let config = ClientConfig {
+            connections_per_endpoint: connections_per_broker.max(1),
+            call_timeout,
+            backoff_max: Duration::from_secs(2),
+            ..ClientConfig::default()
+        };
+        let poll_client = Client::new(transport.clone(), config.clone());
+        let client = Client::new(transport, config);
         Self {
             client,
+            poll_client,
             seeds,
+            fifo_layout: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
@@ -142,7 +166,12 @@ impl Cluster {
         request: RemotingCommand,
         timeout: Duration,
     ) -> ProxyResult<RemotingCommand> {
-        self.client
+        let client = if request.code == request_code::POP_MESSAGE {
+            &self.poll_client
+        } else {
+            &self.client
+        };
+        client
             .invoke(endpoint, request, Some(timeout))
             .await
             .map_err(|e| {
@@ -188,7 +217,18 @@ impl Cluster {
                     }
                     Err(e) => failures.push(format!("{ep}: {e}")),
                 },
-                Ok(resp) if resp.code == rc::TOPIC_NOT_EXIST => {}
+                Ok(resp) if resp.code == rc::TOPIC_NOT_EXIST => {
+                    let name = self
+                        .lock_names()
+                        .iter()
+                        .find(|(_, e)| **e == ep)
+                        .map(|(n, _)| n.clone());
+                    if let Some(name) = name
+                        && let Some(layout) = self.lock_layout().get_mut(topic)
+                    {
+                        layout.retain(|(n, _)| *n != name);
+                    }
+                }
                 Ok(resp) => failures.push(format!(
                     "{ep}: code {} {}",
                     resp.code,
@@ -213,6 +253,17 @@ impl Cluster {
                     ),
                 )
             });
+        }
+        {
+            let mut layouts = self.lock_layout();
+            let layout = layouts.entry(topic.to_owned()).or_default();
+            for b in &brokers {
+                match layout.iter_mut().find(|(n, _)| *n == b.name) {
+                    Some(slot) => slot.1 = b.write_queues,
+                    None => layout.push((b.name.clone(), b.write_queues)),
+                }
+            }
+            layout.sort();
         }
         let route = Arc::new(TopicRoute {
             topic: topic.to_owned(),
@@ -246,7 +297,28 @@ impl Cluster {
         }
         let fifo_group = messages.iter().find_map(|m| m.group.clone());
         let start = match &fifo_group {
-            Some(g) => (fnv1a(g.as_bytes()) % total as u64) as u32,
+            Some(g) => {
+                // The group's queue in the stable layout; its broker must be reachable now.
+                let (name, queue) = self.fifo_queue(topic, g).ok_or_else(|| {
+                    ProxyError::new(
+                        Code::Forbidden,
+                        format!("topic `{topic}` has no writable queue"),
+                    )
+                })?;
+                let Some(ix) = route.brokers.iter().position(|b| b.name == name) else {
+                    return Err(ProxyError::new(
+                        Code::InternalServerError,
+                        format!(
+                            "broker {name} holding message group `{g}` of `{topic}` is unavailable; the group's order is kept by not sending elsewhere"
+                        ),
+                    ));
+                };
+                route.brokers[..ix]
+                    .iter()
+                    .map(|b| b.write_queues)
+                    .sum::<u32>()
+                    + queue
+            }
             None => (self.next.fetch_add(1, Ordering::Relaxed) % total as usize) as u32,
         };
         let request = build_send(topic, &messages);
@@ -300,10 +372,38 @@ impl Cluster {
         Err(last_err.expect("at least one try"))
     }
 
+    /// The broker and queue message group `group` of `topic` maps to (stable across
+    /// broker outages).
+    fn fifo_queue(&self, topic: &str, group: &str) -> Option<(String, u32)> {
+        let layouts = self.lock_layout();
+        let layout = layouts.get(topic)?;
+        let total: u32 = layout.iter().map(|(_, q)| q).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut ix = (fnv1a(group.as_bytes()) % total as u64) as u32;
+        for (name, q) in layout {
+            if ix < *q {
+                return Some((name.clone(), ix));
+            }
+            ix -= q;
+        }
+        None
+    }
+
     /// Pops from the brokers holding the topic: a quick look at each (starting at a rotating
     /// one), then a long poll on one of them.
     pub async fn pop(&self, args: &PopArgs) -> ProxyResult<Option<PoppedBatch>> {
-        let route = self.route(&args.topic).await?;
+        let left = || args.answer_by.saturating_duration_since(Instant::now());
+        let late = || {
+            ProxyError::new(
+                Code::ProxyTimeout,
+                format!("no broker answered for `{}` in time", args.topic),
+            )
+        };
+        let route = tokio::time::timeout(left(), self.route(&args.topic))
+            .await
+            .map_err(|_| late())??;
         let n = route.brokers.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut failed: Vec<usize> = Vec::new();
@@ -311,10 +411,16 @@ impl Cluster {
         if n > 1 {
             for i in 0..n {
                 let ix = (first + i) % n;
-                match self.pop_one(&route.brokers[ix], args, Duration::ZERO).await {
+                let timeout = self.call_timeout.min(left());
+                match self
+                    .pop_one(&route.brokers[ix], args, Duration::ZERO, timeout)
+                    .await
+                {
                     Ok(Some(batch)) => return Ok(Some(batch)),
                     Ok(None) => {}
                     Err(e) if is_unavailable(&e) => {
+                        // Later receives skip it until it answers a route query again.
+                        self.invalidate(&args.topic);
                         failed.push(ix);
                         last_err = Some(e);
                     }
@@ -326,10 +432,12 @@ impl Cluster {
             .map(|i| (first + i) % n)
             .find(|ix| !failed.contains(ix))
         else {
-            self.invalidate(&args.topic);
             return Err(last_err.expect("every broker failed"));
         };
-        match self.pop_one(&route.brokers[ix], args, args.poll).await {
+        // The long poll ends early enough for the broker's answer to arrive by `answer_by`.
+        let timeout = left();
+        let poll = args.poll.min(timeout.saturating_sub(REPLY_MARGIN));
+        match self.pop_one(&route.brokers[ix], args, poll, timeout).await {
             Err(e) if is_unavailable(&e) => {
                 self.invalidate(&args.topic);
                 Err(e)
@@ -343,6 +451,7 @@ impl Cluster {
         b: &BrokerQueues,
         args: &PopArgs,
         poll: Duration,
+        timeout: Duration,
     ) -> ProxyResult<Option<PoppedBatch>> {
         let req = RemotingCommand::request(request_code::POP_MESSAGE)
             .with_field("consumerGroup", &args.group)
@@ -356,14 +465,7 @@ impl Cluster {
             .with_field("expType", "TAG")
             .with_field("exp", &args.filter)
             .with_field("order", if args.fifo { "true" } else { "false" });
-        let resp = self
-            .call(
-                &b.name,
-                &b.endpoint,
-                req,
-                poll + POP_MARGIN.max(self.call_timeout),
-            )
-            .await?;
+        let resp = self.call(&b.name, &b.endpoint, req, timeout).await?;
         match resp.code {
             rc::SUCCESS => {
                 let messages = message::decode_records(&resp.body).map_err(|e| {
@@ -466,10 +568,15 @@ impl Cluster {
     /// Closes the broker connections.
     pub async fn close(&self) {
         self.client.close(Duration::from_millis(500)).await;
+        self.poll_client.close(Duration::from_millis(500)).await;
     }
 
     fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TopicRoute>>> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_layout(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(String, u32)>>> {
+        self.fifo_layout.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_names(&self) -> std::sync::MutexGuard<'_, HashMap<String, Endpoint>> {

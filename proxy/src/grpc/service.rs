@@ -73,6 +73,22 @@ fn resource_name(r: &Option<pb::Resource>) -> &str {
     r.as_ref().map(|r| r.name.as_str()).unwrap_or("")
 }
 
+/// Topics clients may not produce to or consume from through gRPC: the brokers' own (pop log,
+/// timer wheel) and retry topics. Dead-letter topics may be read, not written.
+fn check_topic(name: &str, reading: bool) -> ProxyResult<()> {
+    require(name, Code::IllegalTopic, "topic")?;
+    let system = name.starts_with("rmq_sys_")
+        || name.starts_with("%RETRY%")
+        || (!reading && name.starts_with("%DLQ%"));
+    if system {
+        return Err(ProxyError::new(
+            Code::IllegalTopic,
+            format!("topic `{name}` is a system topic"),
+        ));
+    }
+    Ok(())
+}
+
 fn require(name: &str, code: Code, what: &str) -> ProxyResult<()> {
     if name.trim().is_empty() {
         Err(ProxyError::new(code, format!("{what} is required")))
@@ -180,7 +196,7 @@ impl MessagingProxy {
     ) -> ProxyResult<Vec<pb::MessageQueue>> {
         client_id(md)?;
         let topic = resource_name(&req.topic);
-        require(topic, Code::IllegalTopic, "topic")?;
+        check_topic(topic, true)?;
         let route = self.shared.cluster.route(topic).await?;
         let eps = self.own_endpoints(req.endpoints.as_ref());
         let mut queues = Vec::new();
@@ -209,7 +225,7 @@ impl MessagingProxy {
             .first()
             .ok_or_else(|| ProxyError::new(Code::BadRequest, "no message to send"))?;
         let topic = resource_name(&first.topic).to_owned();
-        require(&topic, Code::IllegalTopic, "topic")?;
+        check_topic(&topic, false)?;
         let limits = Limits {
             max_body: self.shared.cfg.max_body_size,
             max_properties: 16 << 10,
@@ -271,7 +287,7 @@ impl MessagingProxy {
             .as_ref()
             .map(|q| resource_name(&q.topic).to_owned())
             .unwrap_or_default();
-        require(&topic, Code::IllegalTopic, "message_queue.topic")?;
+        check_topic(&topic, true)?;
         if req.batch_size <= 0 || req.batch_size > MAX_BATCH {
             return Err(ProxyError::new(
                 Code::BadRequest,
@@ -283,12 +299,12 @@ impl MessagingProxy {
         }
         let invisible = match (&req.invisible_duration, req.auto_renew) {
             (Some(d), _) => convert::std_duration(d)
-                .filter(|d| !d.is_zero() && *d <= MAX_INVISIBLE)
+                .filter(|d| d.as_millis() >= 1 && *d <= MAX_INVISIBLE)
                 .ok_or_else(|| {
                     ProxyError::new(
                         Code::IllegalInvisibleTime,
                         format!(
-                            "invisible_duration must be above 0 and at most {} s",
+                            "invisible_duration must be at least 1 ms and at most {} s",
                             MAX_INVISIBLE.as_secs()
                         ),
                     )
@@ -320,7 +336,8 @@ impl MessagingProxy {
             None => self.shared.cfg.max_long_polling,
         }
         .min(self.shared.cfg.max_long_polling);
-        let poll = match deadline(md) {
+        let now = Instant::now();
+        let answer_by = match deadline(md) {
             Some(left) if left <= DEADLINE_MARGIN => {
                 return Err(ProxyError::new(
                     Code::IllegalPollingTime,
@@ -330,21 +347,40 @@ impl MessagingProxy {
                     ),
                 ));
             }
-            Some(left) => wanted.min(left - DEADLINE_MARGIN),
-            None => wanted,
+            Some(left) => now + left - DEADLINE_MARGIN,
+            None => now + wanted + Duration::from_secs(1),
         };
         let args = PopArgs {
-            group,
+            group: group.clone(),
             topic,
             filter,
             max: req.batch_size as u32,
             invisible,
-            poll,
+            poll: wanted,
+            answer_by,
             fifo: self.fifo_for(&client),
         };
+        // The pop runs in its own task: if this call goes away (client cancel, drain) before
+        // the broker answers, whatever it popped is made visible again at once instead of
+        // staying hidden for the whole invisible time.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let cluster = self.shared.cluster.clone();
+        tokio::spawn(async move {
+            let r = cluster.pop(&args).await;
+            if let Err(Ok(Some(batch))) = tx.send(r) {
+                for h in crate::cluster::handles_of(&batch) {
+                    if let Err(e) = cluster
+                        .change_invisible(&args.group, &h, Duration::ZERO)
+                        .await
+                    {
+                        tracing::debug!(error = %e.message, "releasing an undelivered message failed; it returns after its invisible time");
+                    }
+                }
+            }
+        });
         let mut shutdown = self.shared.shutdown.clone();
         let popped = tokio::select! {
-            r = self.shared.cluster.pop(&args) => r?,
+            r = rx => r.map_err(|_| ProxyError::new(Code::InternalServerError, "the pop task ended without an answer"))??,
             _ = shutdown.wait_for(|s| *s) => None,
         };
         Ok(match popped {
@@ -453,7 +489,7 @@ impl MessagingService for MessagingProxy {
             client_id(request.metadata())?;
             let req = request.get_ref();
             let topic = resource_name(&req.topic);
-            require(topic, Code::IllegalTopic, "topic")?;
+            check_topic(topic, true)?;
             require(
                 resource_name(&req.group),
                 Code::IllegalConsumerGroup,
@@ -462,7 +498,7 @@ impl MessagingService for MessagingProxy {
             let route = self.shared.cluster.route(topic).await?;
             let eps = self.own_endpoints(req.endpoints.as_ref());
             // Pop is per broker: one assignment per broker, any queue (-1).
-            Ok(route
+            let a: Vec<pb::Assignment> = route
                 .brokers
                 .iter()
                 .filter(|b| b.read_queues > 0)
@@ -475,7 +511,14 @@ impl MessagingService for MessagingProxy {
                         &eps,
                     )),
                 })
-                .collect())
+                .collect();
+            if a.is_empty() {
+                return Err(ProxyError::new(
+                    Code::Forbidden,
+                    format!("topic `{topic}` has no readable queue"),
+                ));
+            }
+            Ok(a)
         }
         .await;
         Ok(Response::new(pb::QueryAssignmentResponse {
@@ -682,6 +725,8 @@ impl MessagingService for MessagingProxy {
                     break;
                 }
             }
+            // The stream lives as long as the client: its settings go with it.
+            this.clients().remove(&client);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -714,11 +759,11 @@ impl MessagingService for MessagingProxy {
                 .invisible_duration
                 .as_ref()
                 .and_then(convert::std_duration)
-                .filter(|d| !d.is_zero() && *d <= MAX_INVISIBLE)
+                .filter(|d| *d <= MAX_INVISIBLE)
                 .ok_or_else(|| {
                     ProxyError::new(
                         Code::IllegalInvisibleTime,
-                        "invisible_duration must be above 0 and at most 12 h",
+                        "invisible_duration must be 0 (visible now) to 12 h",
                     )
                 })?;
             Ok(self

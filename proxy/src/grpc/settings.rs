@@ -1,6 +1,6 @@
 //! Telemetry settings: what the proxy answers to a client's Settings command. The reply keeps
 //! what the client said and fills in the server's side: the body-size limit and retry policy
-//! for producers, batch size, long-polling timeout and delivery attempts for consumers, and
+//! for producers, batch size, long-polling timeout and delivery attempts (the brokers' dead-letter threshold) for consumers, and
 //! metrics off.
 
 use std::time::Duration;
@@ -60,7 +60,8 @@ pub fn merge(client: &Settings, server: &ServerSettings) -> Result<Settings, Bad
                 receive_batch_size: Some(
                     s.receive_batch_size
                         .filter(|n| *n > 0)
-                        .unwrap_or(server.receive_batch_size),
+                        .unwrap_or(server.receive_batch_size)
+                        .min(server.receive_batch_size),
                 ),
                 long_polling_timeout: Some(duration(server.long_polling.as_millis() as i64)),
                 lite_subscription_quota: s.lite_subscription_quota,
@@ -78,7 +79,8 @@ pub fn merge(client: &Settings, server: &ServerSettings) -> Result<Settings, Bad
                     },
                 ));
             out.backoff_policy = Some(RetryPolicy {
-                max_attempts: server.max_delivery_attempts as i32 + 1,
+                // Deliveries in all, the broker's dead-letter threshold.
+                max_attempts: server.max_delivery_attempts as i32,
                 strategy: Some(strategy),
             });
         }
@@ -139,7 +141,7 @@ mod tests {
         };
         assert_eq!(s.long_polling_timeout.as_ref().map(|d| d.seconds), Some(20));
         assert_eq!(s.receive_batch_size, Some(32));
-        assert_eq!(m.backoff_policy.as_ref().map(|b| b.max_attempts), Some(17));
+        assert_eq!(m.backoff_policy.as_ref().map(|b| b.max_attempts), Some(16));
         assert!(merge(&Settings::default(), &SERVER).is_err());
     }
 }
