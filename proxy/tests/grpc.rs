@@ -527,7 +527,10 @@ async fn a_broker_killed_mid_stream_fails_only_its_calls() {
             other => panic!("unexpected {other:?}: {:?}", r.status),
         }
     }
-    assert!(ok > 0 && refused > 0, "groups on both brokers: {ok} sent, {refused} refused");
+    assert!(
+        ok > 0 && refused > 0,
+        "groups on both brokers: {ok} sent, {refused} refused"
+    );
     let (s, msgs) = receive(&mut c, receive_request("only-a", "g", 4, 10_000, 2_000)).await;
     assert_eq!(s, Code::Ok);
     assert_eq!(msgs.len(), 1);

@@ -1,0 +1,90 @@
+//! AckMessage, ChangeInvisibleDuration and ForwardMessageToDeadLetterQueue: operations on
+//! a receipt handle, routed to the broker that issued it.
+
+use super::metadata::client_id;
+use super::service::{MAX_INVISIBLE, MessagingProxy, overall, require, resource_name, status_of};
+use crate::convert;
+use crate::error::{ProxyError, ProxyResult};
+use crate::pb::{self, Code};
+
+impl MessagingProxy {
+    pub(super) async fn ack_inner(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        req: &pb::AckMessageRequest,
+    ) -> pb::AckMessageResponse {
+        let head: ProxyResult<String> = (|| {
+            client_id(md)?;
+            let group = resource_name(&req.group).to_owned();
+            require(&group, Code::IllegalConsumerGroup, "group")?;
+            require(resource_name(&req.topic), Code::IllegalTopic, "topic")?;
+            if req.entries.is_empty() {
+                return Err(ProxyError::new(Code::BadRequest, "no entry to ack"));
+            }
+            Ok(group)
+        })();
+        let group = match head {
+            Ok(g) => g,
+            Err(e) => {
+                return pb::AckMessageResponse {
+                    status: Some(e.status()),
+                    entries: Vec::new(),
+                };
+            }
+        };
+        let mut entries = Vec::with_capacity(req.entries.len());
+        for e in &req.entries {
+            let r = self.shared.cluster.ack(&group, &e.receipt_handle).await;
+            entries.push(pb::AckMessageResultEntry {
+                message_id: e.message_id.clone(),
+                receipt_handle: e.receipt_handle.clone(),
+                status: Some(status_of(&r)),
+            });
+        }
+        pb::AckMessageResponse {
+            status: Some(overall(entries.iter().map(|e| e.status.as_ref()))),
+            entries,
+        }
+    }
+    pub(super) async fn change_inner(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        req: &pb::ChangeInvisibleDurationRequest,
+    ) -> ProxyResult<String> {
+        client_id(md)?;
+        let group = resource_name(&req.group);
+        require(group, Code::IllegalConsumerGroup, "group")?;
+        require(resource_name(&req.topic), Code::IllegalTopic, "topic")?;
+        let invisible = req
+            .invisible_duration
+            .as_ref()
+            .and_then(convert::std_duration)
+            .filter(|d| *d <= MAX_INVISIBLE)
+            .ok_or_else(|| {
+                ProxyError::new(
+                    Code::IllegalInvisibleTime,
+                    "invisible_duration must be 0 (visible now) to 12 h",
+                )
+            })?;
+        Ok(self
+            .shared
+            .cluster
+            .change_invisible(group, &req.receipt_handle, invisible)
+            .await?
+            .handle)
+    }
+    pub(super) async fn forward_inner(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        req: &pb::ForwardMessageToDeadLetterQueueRequest,
+    ) -> ProxyResult<()> {
+        client_id(md)?;
+        let group = resource_name(&req.group);
+        require(group, Code::IllegalConsumerGroup, "group")?;
+        require(resource_name(&req.topic), Code::IllegalTopic, "topic")?;
+        self.shared
+            .cluster
+            .dead_letter(group, &req.receipt_handle)
+            .await
+    }
+}
