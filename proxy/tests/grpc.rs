@@ -864,3 +864,39 @@ async fn system_topics_are_closed_and_abandoned_or_nacked_messages_return_at_onc
     assert_eq!(sys(&again[0]).message_id, "w1");
     proxy.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_renew_keeps_a_message_hidden_until_it_is_acked() {
+    let dir = TempDir::new("renew");
+    let proxy = start(&args(&dir, "tcp://127.0.0.1:0", &["renew:1"])).await;
+    let mut c = client(&proxy).await;
+    assert_eq!(
+        code(
+            &send(&mut c, vec![message("renew", "r1", "T", body(0, 9))])
+                .await
+                .status
+        ),
+        Code::Ok
+    );
+    let mut r = receive_request("renew", "g", 1, 2_000, 2_000);
+    r.auto_renew = true;
+    let (_, got) = receive(&mut c, r).await;
+    assert_eq!(got.len(), 1);
+    let original = handle(&got[0]);
+    assert_eq!(proxy.service().renewing(), 1);
+    // Well past the 2 s invisible time: renewed, so nobody else gets it.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let (_, other) = receive(&mut c, receive_request("renew", "g", 1, 2_000, 500)).await;
+        assert!(other.is_empty(), "a renewed message is not redelivered");
+    }
+    // The client acks with the handle it received; the proxy uses the renewed one.
+    let r = ack(&mut c, "renew", "g", &[("r1", &original)]).await;
+    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    assert_eq!(proxy.service().renewing(), 0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (s, other) = receive(&mut c, receive_request("renew", "g", 1, 2_000, 500)).await;
+    assert_eq!(s, Code::MessageNotFound);
+    assert!(other.is_empty(), "acked for good");
+    proxy.shutdown().await.unwrap();
+}

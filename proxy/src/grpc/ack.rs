@@ -34,7 +34,8 @@ impl MessagingProxy {
         };
         let mut entries = Vec::with_capacity(req.entries.len());
         for e in &req.entries {
-            let r = self.shared.cluster.ack(&group, &e.receipt_handle).await;
+            let handle = self.shared.renewals.take(&e.receipt_handle).await;
+            let r = self.shared.cluster.ack(&group, &handle).await;
             entries.push(pb::AckMessageResultEntry {
                 message_id: e.message_id.clone(),
                 receipt_handle: e.receipt_handle.clone(),
@@ -69,7 +70,11 @@ impl MessagingProxy {
         Ok(self
             .shared
             .cluster
-            .change_invisible(group, &req.receipt_handle, invisible)
+            .change_invisible(
+                group,
+                &self.shared.renewals.take(&req.receipt_handle).await,
+                invisible,
+            )
             .await?
             .handle)
     }
@@ -84,7 +89,7 @@ impl MessagingProxy {
         require(resource_name(&req.topic), Code::IllegalTopic, "topic")?;
         self.shared
             .cluster
-            .dead_letter(group, &req.receipt_handle)
+            .dead_letter(group, &self.shared.renewals.take(&req.receipt_handle).await)
             .await
     }
 }

@@ -4,6 +4,7 @@
 mod ack;
 pub mod metadata;
 mod receive;
+mod renew;
 mod route;
 mod send;
 pub mod service;

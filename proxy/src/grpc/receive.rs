@@ -105,7 +105,7 @@ impl MessagingProxy {
         };
         let args = PopArgs {
             group: group.clone(),
-            topic,
+            topic: topic.clone(),
             filter,
             max: req.batch_size as u32,
             invisible,
@@ -138,11 +138,22 @@ impl MessagingProxy {
         };
         Ok(match popped {
             Some(batch) => {
-                let msgs = batch
+                let msgs: Vec<pb::Message> = batch
                     .messages
                     .iter()
                     .map(|m| convert::delivered(m, batch.invisible_ms))
                     .collect();
+                if req.auto_renew {
+                    for m in &msgs {
+                        if let Some(h) = m
+                            .system_properties
+                            .as_ref()
+                            .and_then(|s| s.receipt_handle.as_deref())
+                        {
+                            self.shared.renewals.track(&client, &group, h, invisible);
+                        }
+                    }
+                }
                 (msgs, rdmq_broker::store::now_ms())
             }
             None => (Vec::new(), rdmq_broker::store::now_ms()),

@@ -59,6 +59,7 @@ pub(super) struct Shared {
     pub(super) clients: Mutex<HashMap<String, ClientState>>,
     pub(super) shutdown: watch::Receiver<bool>,
     pub(super) in_flight: Arc<tokio::sync::Semaphore>,
+    pub(super) renewals: super::renew::Renewals,
 }
 
 /// The service. Cheap to clone.
@@ -99,16 +100,25 @@ pub(super) fn require(name: &str, code: Code, what: &str) -> ProxyResult<()> {
 
 impl MessagingProxy {
     /// A service forwarding to `cluster`; `shutdown` turning true ends parked long polls.
+    /// Must be called within a tokio runtime (it starts the auto-renewal task).
     pub fn new(cluster: Arc<Cluster>, cfg: ServiceConfig, shutdown: watch::Receiver<bool>) -> Self {
-        Self {
+        let this = Self {
             shared: Arc::new(Shared {
                 cluster,
                 in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.max_in_flight.max(1))),
+                renewals: Default::default(),
                 cfg,
                 clients: Mutex::new(HashMap::new()),
                 shutdown,
             }),
-        }
+        };
+        this.start_renewer();
+        this
+    }
+
+    /// Messages whose invisible time the proxy is renewing (`auto_renew` receives).
+    pub fn renewing(&self) -> usize {
+        self.shared.renewals.len()
     }
 
     /// Clients that sent settings and have not terminated.
@@ -389,6 +399,7 @@ impl MessagingService for MessagingProxy {
     ) -> Result<Response<pb::NotifyClientTerminationResponse>, GrpcStatus> {
         let r = client_id(request.metadata()).map(|id| {
             self.clients().remove(&id);
+            self.shared.renewals.forget_client(&id);
         });
         Ok(Response::new(pb::NotifyClientTerminationResponse {
             status: Some(status_of(&r)),

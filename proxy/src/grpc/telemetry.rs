@@ -63,6 +63,7 @@ impl MessagingProxy {
             }
             // The stream lives as long as the client: its settings go with it.
             this.clients().remove(&client);
+            this.shared.renewals.forget_client(&client);
         });
         rx
     }
