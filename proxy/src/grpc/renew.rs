@@ -14,6 +14,9 @@ pub(super) const MAX_RENEW: Duration = Duration::from_secs(3 * 3600);
 /// How often due renewals are looked for.
 const TICK: Duration = Duration::from_millis(200);
 
+/// The latest handle of a renewed message, locked while a renewal is in flight.
+type Current = Arc<tokio::sync::Mutex<Option<String>>>;
+
 #[derive(Debug)]
 struct Entry {
     client: String,
@@ -23,7 +26,7 @@ struct Entry {
     renew_at: Instant,
     /// The latest handle; locked while a renewal is in flight, so an ack never uses a handle
     /// that is being replaced.
-    current: Arc<tokio::sync::Mutex<Option<String>>>,
+    current: Current,
 }
 
 /// Messages being renewed, by the handle their client holds.
@@ -98,12 +101,7 @@ impl MessagingProxy {
 
     async fn renew_due(&self) {
         let now = Instant::now();
-        let due: Vec<(
-            String,
-            String,
-            Duration,
-            Arc<tokio::sync::Mutex<Option<String>>>,
-        )> = {
+        let due: Vec<(String, String, Duration, Current)> = {
             let mut map = self.shared.renewals.lock();
             map.retain(|_, e| e.until > now);
             map.iter_mut()
