@@ -656,7 +656,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Runs futures concurrently and collects their outputs in order.
-async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
     let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
     let mut futs: Vec<Option<_>> = futs.into_iter().map(Some).collect();

@@ -32,16 +32,19 @@ impl MessagingProxy {
                 };
             }
         };
-        let mut entries = Vec::with_capacity(req.entries.len());
-        for e in &req.entries {
+        // Entries are acked concurrently: a slow broker costs one call timeout, not one per
+        // entry.
+        let group = &group;
+        let entries = crate::cluster::join_all(req.entries.iter().map(|e| async move {
             let handle = self.shared.renewals.take(&e.receipt_handle).await;
-            let r = self.shared.cluster.ack(&group, &handle).await;
-            entries.push(pb::AckMessageResultEntry {
+            let r = self.shared.cluster.ack(group, &handle).await;
+            pb::AckMessageResultEntry {
                 message_id: e.message_id.clone(),
                 receipt_handle: e.receipt_handle.clone(),
                 status: Some(status_of(&r)),
-            });
-        }
+            }
+        }))
+        .await;
         pb::AckMessageResponse {
             status: Some(overall(entries.iter().map(|e| e.status.as_ref()))),
             entries,
