@@ -117,6 +117,34 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
+impl Args {
+    /// The body sizes asked for (`--sizes`), 1 KiB when none were.
+    fn sizes_or_1k(&self) -> Vec<usize> {
+        if self.sizes_given {
+            self.sizes.clone()
+        } else {
+            vec![1024]
+        }
+    }
+
+    /// The flush modes asked for (`--modes`), named as printed.
+    fn flush_modes(&self) -> Vec<(&'static str, rdmq_broker::store::FlushMode)> {
+        use rdmq_broker::store::FlushMode;
+        [
+            (
+                "ASYNC",
+                FlushMode::Async {
+                    interval: std::time::Duration::from_millis(500),
+                },
+            ),
+            ("SYNC", FlushMode::Sync),
+        ]
+        .into_iter()
+        .filter(|(name, _)| self.modes.iter().any(|m| m.eq_ignore_ascii_case(name)))
+        .collect()
+    }
+}
+
 /// p50, p99 (ns) and pipelined rate per body size.
 type SizeResults = Vec<(usize, u64, u64, f64)>;
 
@@ -330,12 +358,7 @@ fn sim_bench(iterations: u64) -> Result<(), String> {
 
 fn store_bench(args: &Args) -> Result<(), String> {
     use rdmq_bench::store;
-    use rdmq_broker::store::FlushMode;
-    let sizes = if args.sizes_given {
-        args.sizes.clone()
-    } else {
-        vec![1024]
-    };
+    let sizes = args.sizes_or_1k();
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
     println!("{}", machine_line());
     println!(
@@ -355,18 +378,7 @@ fn store_bench(args: &Args) -> Result<(), String> {
     for (placement, cpus) in &placements {
         rdmq_bench::affinity::set(cpus).map_err(|e| e.to_string())?;
         for &size in &sizes {
-            for (name, flush) in [
-                (
-                    "ASYNC",
-                    FlushMode::Async {
-                        interval: std::time::Duration::from_millis(500),
-                    },
-                ),
-                ("SYNC", FlushMode::Sync),
-            ] {
-                if !args.modes.iter().any(|m| m.eq_ignore_ascii_case(name)) {
-                    continue;
-                }
+            for (name, flush) in args.flush_modes() {
                 // SYNC waits for fsync: fewer messages keep the run short on slow disks.
                 let n = if name == "SYNC" {
                     messages / 4
@@ -393,11 +405,7 @@ fn store_bench(args: &Args) -> Result<(), String> {
 
 async fn e2e_command(args: &Args) -> Result<(), String> {
     use rdmq_bench::e2e;
-    let sizes = if args.sizes_given {
-        args.sizes.clone()
-    } else {
-        vec![1024]
-    };
+    let sizes = args.sizes_or_1k();
     let wanted = |name: &str| {
         args.only
             .as_deref()
@@ -458,12 +466,7 @@ async fn e2e_command(args: &Args) -> Result<(), String> {
 
 fn pop_bench(args: &Args) -> Result<(), String> {
     use rdmq_bench::{pop, store};
-    use rdmq_broker::store::FlushMode;
-    let sizes = if args.sizes_given {
-        args.sizes.clone()
-    } else {
-        vec![1024]
-    };
+    let sizes = args.sizes_or_1k();
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
     println!("{}", machine_line());
     println!(
@@ -473,18 +476,7 @@ fn pop_bench(args: &Args) -> Result<(), String> {
         args.producers
     );
     for &size in &sizes {
-        for (name, flush) in [
-            (
-                "ASYNC",
-                FlushMode::Async {
-                    interval: std::time::Duration::from_millis(500),
-                },
-            ),
-            ("SYNC", FlushMode::Sync),
-        ] {
-            if !args.modes.iter().any(|m| m.eq_ignore_ascii_case(name)) {
-                continue;
-            }
+        for (name, flush) in args.flush_modes() {
             let dir =
                 store::run_dir(&args.dir, &format!("pop-{name}")).map_err(|e| e.to_string())?;
             let r = pop::run_pop(&dir, flush, size, args.iterations, args.producers, 32);

@@ -174,6 +174,14 @@ pub struct HostAddr {
     pub port: u32,
 }
 
+impl std::fmt::Display for HostAddr {
+    /// `a.b.c.d:port`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d] = self.ip;
+        write!(f, "{a}.{b}.{c}.{d}:{}", self.port)
+    }
+}
+
 impl HostAddr {
     /// Parses `a.b.c.d:port` (anything else gives 0.0.0.0:0).
     pub fn parse(s: &str) -> HostAddr {
@@ -521,6 +529,13 @@ pub fn encode_batch(messages: &[(i32, Bytes, String)]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_addresses_print_as_they_parse() {
+        for a in ["10.1.2.3:10911", "127.0.0.1:0", "255.255.255.255:65535"] {
+            assert_eq!(HostAddr::parse(a).to_string(), a);
+        }
+    }
 
     #[test]
     fn properties_round_trip_and_reject_garbage() {

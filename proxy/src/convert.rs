@@ -240,10 +240,6 @@ pub fn md5_hex(body: &[u8]) -> String {
     format!("{:X}", md5::compute(body))
 }
 
-fn host(h: &message::HostAddr) -> String {
-    format!("{}.{}.{}.{}:{}", h.ip[0], h.ip[1], h.ip[2], h.ip[3], h.port)
-}
-
 /// A popped record as the consumer sees it.
 pub fn delivered(m: &StoredMessage, invisible_ms: i64) -> pb::Message {
     let props = Properties::parse(&m.properties).unwrap_or_default();
@@ -286,9 +282,9 @@ pub fn delivered(m: &StoredMessage, invisible_ms: i64) -> pb::Message {
             body_encoding: Encoding::Identity as i32,
             message_type: message_type as i32,
             born_timestamp: Some(timestamp(m.born_timestamp)),
-            born_host: host(&m.born_host),
+            born_host: m.born_host.to_string(),
             store_timestamp: Some(timestamp(m.store_timestamp)),
-            store_host: host(&m.store_host),
+            store_host: m.store_host.to_string(),
             delivery_timestamp: delivery.map(timestamp),
             receipt_handle: props.get(prop::POP_CK).map(str::to_owned),
             queue_id: m.queue_id,

@@ -4,17 +4,12 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use rdmq_broker::serve;
 use rdmq_proxy::RunningProxy;
 use rdmq_proxy::config::{ProxyConfig, USAGE};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    serve::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cfg = match ProxyConfig::from_args(&args) {
         Ok(Some(c)) => c,
@@ -27,23 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("rdmq-proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rdmq-proxy: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    serve::run_main("rdmq-proxy", run(cfg))
 }
 
 async fn run(cfg: ProxyConfig) -> Result<(), String> {
@@ -56,25 +35,9 @@ async fn run(cfg: ProxyConfig) -> Result<(), String> {
         }
         let _ = out.flush();
     }
-    wait_for_signal().await;
+    serve::wait_for_signal().await;
     tracing::info!("draining");
     proxy.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the proxy");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

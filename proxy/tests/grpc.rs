@@ -185,22 +185,7 @@ async fn redelivery_change_invisible_and_dead_letter() {
     );
     // Change invisible: a new handle; the previous one no longer acks.
     let h2 = handle(&again[0]);
-    let changed = c
-        .change_invisible_duration(req(
-            "test-client",
-            pb::ChangeInvisibleDurationRequest {
-                group: resource("g"),
-                topic: resource("jobs"),
-                receipt_handle: h2.clone(),
-                invisible_duration: Some(rdmq_proxy::convert::duration(60_000)),
-                message_id: "m-1".into(),
-                lite_topic: None,
-                suspend: None,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let changed = change_invisible(&mut c, "jobs", "g", "m-1", &h2, 60_000).await;
     assert_eq!(code(&changed.status), Code::Ok);
     assert_ne!(changed.receipt_handle, h2);
     assert_eq!(
@@ -358,22 +343,7 @@ async fn bad_input_gets_documented_codes_and_the_proxy_keeps_serving() {
         let r = ack(&mut c, "t", "g", &[("id", h)]).await;
         assert_eq!(code(&r.status), Code::InvalidReceiptHandle, "{h}");
     }
-    let r = c
-        .change_invisible_duration(req(
-            "test-client",
-            pb::ChangeInvisibleDurationRequest {
-                group: resource("g"),
-                topic: resource("t"),
-                receipt_handle: "garbage".into(),
-                invisible_duration: Some(rdmq_proxy::convert::duration(-5)),
-                message_id: "id".into(),
-                lite_topic: None,
-                suspend: None,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = change_invisible(&mut c, "t", "g", "id", "garbage", -5).await;
     assert_eq!(code(&r.status), Code::IllegalInvisibleTime);
 
     // Unimplemented RPCs say so.
@@ -836,22 +806,7 @@ async fn system_topics_are_closed_and_abandoned_or_nacked_messages_return_at_onc
     assert_eq!(sys(&got[0]).message_id, "w1");
 
     // A nack (invisible time 0) makes the message visible again now.
-    let r = c
-        .change_invisible_duration(req(
-            "test-client",
-            pb::ChangeInvisibleDurationRequest {
-                group: resource("g"),
-                topic: resource("work"),
-                receipt_handle: handle(&got[0]),
-                invisible_duration: Some(rdmq_proxy::convert::duration(0)),
-                message_id: "w1".into(),
-                lite_topic: None,
-                suspend: None,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = change_invisible(&mut c, "work", "g", "w1", &handle(&got[0]), 0).await;
     assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
     let t0 = Instant::now();
     let mut again = Vec::new();

@@ -209,6 +209,31 @@ pub async fn ack(
     .into_inner()
 }
 
+pub async fn change_invisible(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    group: &str,
+    message_id: &str,
+    handle: &str,
+    invisible_ms: i64,
+) -> pb::ChangeInvisibleDurationResponse {
+    c.change_invisible_duration(req(
+        "test-client",
+        pb::ChangeInvisibleDurationRequest {
+            group: resource(group),
+            topic: resource(topic),
+            receipt_handle: handle.to_owned(),
+            invisible_duration: Some(rdmq_proxy::convert::duration(invisible_ms)),
+            message_id: message_id.to_owned(),
+            lite_topic: None,
+            suspend: None,
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 pub fn handle(m: &pb::Message) -> String {
     m.system_properties
         .as_ref()
