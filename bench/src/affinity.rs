@@ -1,5 +1,6 @@
-//! CPU affinity of the calling thread (threads it spawns afterwards inherit it), so a run can be
-//! confined to one core. The only `unsafe` of the crate.
+//! CPU affinity of the calling thread (threads it spawns afterwards inherit it) and of child
+//! processes, so a run can be confined to chosen cores; plus the two other libc calls the runner
+//! needs (signals, the clock tick). The only `unsafe` of the crate.
 
 #![allow(unsafe_code)]
 
@@ -33,4 +34,30 @@ pub fn set(cpus: &[usize]) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Makes `cmd`'s process start confined to `cpus` (set between fork and exec).
+pub fn pin_command(cmd: &mut std::process::Command, cpus: Vec<usize>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec; it only fills a stack value and
+    // calls sched_setaffinity, which is async-signal-safe, and allocates nothing (`cpus` was
+    // built before the fork).
+    unsafe {
+        cmd.pre_exec(move || set(&cpus));
+    }
+}
+
+/// Sends `sig` to process `pid` (errors ignored: it may have exited).
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) takes plain integers; a stale pid is answered with ESRCH.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Clock ticks per second of `/proc` CPU times (`sysconf(_SC_CLK_TCK)`, 100 when unknown).
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf takes a constant and returns a number.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
 }

@@ -32,6 +32,9 @@ commands:
               SEND_MESSAGE_V2 to an embedded broker over TCP and over rdma-sim (--only), one
               in flight (p50/p99) and 16 in flight (messages/s, CPU µs per message), in one
               run with the rdma-sim/TCP ratios
+  headline    the reference deployment's three numbers (broker CPU, proxy CPU, send RT, RDMA
+              vs TCP) with broker and proxy in processes of their own at fixed offered rates;
+              `rdmq-bench headline --help` for its options
   timers      timer firing accuracy: --iterations timers (default 200000) due over 5 s are
               parked, fired by the timing wheel, and their lateness reported (p50/p99/max)
 ";
@@ -531,6 +534,16 @@ fn timer_bench(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // Commands with flags of their own; `broker`, `proxy` and `loadgen` are the processes the
+    // headline runner starts (the broker's and proxy's are their binaries' main functions).
+    match argv.first().map(String::as_str) {
+        Some("headline") => return rdmq_bench::headline::cli::main(&argv[1..]),
+        Some("loadgen") => return rdmq_bench::headline::loadgen::main(&argv[1..]),
+        Some("broker") => return rdmq_broker::serve::broker_main(argv[1..].to_vec()),
+        Some("proxy") => return rdmq_proxy::proxy_main(argv[1..].to_vec()),
+        _ => {}
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => {

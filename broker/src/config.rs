@@ -120,6 +120,8 @@ pub struct BrokerConfig {
     pub pop_initial_offset: InitialOffset,
     /// Create unknown consumer groups on first pop.
     pub auto_create_groups: bool,
+    /// Serve Prometheus metrics on this `host:port` (`/metrics`); off when unset.
+    pub metrics_listen: Option<String>,
     /// Deliveries of a message before it is dead-lettered (groups created implicitly).
     pub max_delivery_attempts: u32,
     /// Latest accepted delivery time of a timed message, in hours from now.
@@ -150,6 +152,7 @@ impl Default for BrokerConfig {
             auto_create_groups: true,
             max_delivery_attempts: 16,
             timer_max_delay_hours: 40 * 24,
+            metrics_listen: None,
         }
     }
 }
@@ -173,6 +176,7 @@ usage: rdmq-broker [options]
   --pop-initial-offset M    where new consumer groups start: auto, first or last
   --auto-create-groups BOOL create unknown consumer groups on first pop
   --max-delivery-attempts N deliveries before a message is dead-lettered
+  --metrics-listen H:P      serve Prometheus metrics at http://H:P/metrics (default off)
   --help                    this text
 ";
 
@@ -236,6 +240,7 @@ impl BrokerConfig {
                 "--broker-name" => cfg.broker_name = value.clone(),
                 "--cluster" => cfg.cluster = value.clone(),
                 "--advertise" => cfg.advertise = Some(value.clone()),
+                "--metrics-listen" => cfg.metrics_listen = Some(value.clone()),
                 "--auto-create-topics" => {
                     cfg.auto_create_topics =
                         value.parse().map_err(|_| bad("expected true or false"))?

@@ -2,6 +2,7 @@
 //! timer services and serve remoting. Used by the `rdmq-broker` binary and by the proxy's
 //! embedded mode.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,6 +160,58 @@ pub fn run_main(
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Serves this process's metrics on `addr` when one is configured, with the simulated NIC's
+/// counters, and prints `metrics http://<addr>/metrics` to stdout. Drop the server to stop it.
+pub async fn start_metrics(
+    addr: Option<&str>,
+) -> Result<Option<rdmq_transport::metrics::http::MetricsServer>, String> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    rdmq_transport::rdma::sim::register_nic_metrics();
+    let server = rdmq_transport::metrics::http::serve(addr, rdmq_transport::metrics::global())
+        .await
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "metrics http://{}/metrics", server.local_addr());
+    let _ = out.flush();
+    Ok(Some(server))
+}
+
+/// The `rdmq-broker` program; `args` without the program name. On start it prints one line
+/// per endpoint, `listening <url>`, to stdout (tests and scripts read the real ports from
+/// there when they asked for port 0).
+pub fn broker_main(args: Vec<String>) -> std::process::ExitCode {
+    init_logging();
+    let cfg = match BrokerConfig::from_args(&args) {
+        Ok(Some(cfg)) => cfg,
+        Ok(None) => {
+            print!("{}", crate::config::USAGE);
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("rdmq-broker: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    run_main("rdmq-broker", async move {
+        let running = RunningBroker::start(&cfg, AnyTransport::default()).await?;
+        let _metrics = start_metrics(cfg.metrics_listen.as_deref()).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            for ep in running.endpoints() {
+                let _ = writeln!(out, "listening {ep}");
+            }
+            let _ = out.flush();
+        }
+        wait_for_signal().await;
+        tracing::info!("draining");
+        running.shutdown().await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
 }
 
 /// Waits for SIGTERM or Ctrl-C.

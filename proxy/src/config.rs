@@ -32,6 +32,8 @@ pub struct ProxyConfig {
     pub max_in_flight: usize,
     /// Run a broker in this process and forward to it over its first listener.
     pub embedded_broker: Option<BrokerConfig>,
+    /// Serve Prometheus metrics on this `host:port` (`/metrics`); off when unset.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -50,6 +52,7 @@ impl Default for ProxyConfig {
             // wait for a permit on the broker connection.
             max_in_flight: 8_000,
             embedded_broker: None,
+            metrics_listen: None,
         }
     }
 }
@@ -65,6 +68,7 @@ usage: rdmq-proxy [options]
   --call-timeout-ms N      broker call timeout
   --connections N          connections per broker
   --max-in-flight N        sends and receives at once (default 8000; then TOO_MANY_REQUESTS)
+  --metrics-listen H:P     serve Prometheus metrics at http://H:P/metrics (default off)
 embedded broker (one command runs everything):
   --embedded-broker        run a broker in this process
   --broker-listen URL      its endpoint, also the transport used to reach it
@@ -140,6 +144,7 @@ impl ProxyConfig {
                 "--listen" => cfg.listen = value.clone(),
                 "--broker" => brokers.push(value.clone()),
                 "--advertise" => cfg.advertise = Some(value.clone()),
+                "--metrics-listen" => cfg.metrics_listen = Some(value.clone()),
                 "--max-body-size" => {
                     cfg.max_body_size = rdmq_broker::config::parse_size(value)
                         .ok_or_else(|| bad("not a size"))?

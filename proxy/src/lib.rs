@@ -28,6 +28,44 @@ use crate::config::ProxyConfig;
 use crate::grpc::{MessagingProxy, ServiceConfig};
 use crate::pb::messaging_service_server::MessagingServiceServer;
 
+/// The `rdmq-proxy` program; `args` without the program name. Prints
+/// `listening grpc://<addr>`, `broker <url>` per broker and, with `--metrics-listen`,
+/// `metrics http://<addr>/metrics` on start.
+pub fn proxy_main(args: Vec<String>) -> std::process::ExitCode {
+    use rdmq_broker::serve;
+    use std::io::Write;
+    serve::init_logging();
+    let cfg = match ProxyConfig::from_args(&args) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            print!("{}", config::USAGE);
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("rdmq-proxy: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    serve::run_main("rdmq-proxy", async move {
+        let metrics_listen = cfg.metrics_listen.clone();
+        let proxy = RunningProxy::start(cfg).await?;
+        let _metrics = serve::start_metrics(metrics_listen.as_deref()).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening grpc://{}", proxy.grpc_addr());
+            for b in proxy.brokers() {
+                let _ = writeln!(out, "broker {b}");
+            }
+            let _ = out.flush();
+        }
+        serve::wait_for_signal().await;
+        tracing::info!("draining");
+        proxy.shutdown().await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
 /// A serving proxy (and its embedded broker, if configured).
 #[derive(Debug)]
 pub struct RunningProxy {

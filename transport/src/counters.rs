@@ -25,6 +25,9 @@ pub struct LinkCounters {
     pub queued_bytes: AtomicU64,
     /// Highest value `queued_bytes` has reached.
     pub queued_bytes_peak: AtomicU64,
+    /// Reservations that had to wait for send credits or a free send slot (RDMA) or for the
+    /// send queue to drain (TCP).
+    pub credit_waits: AtomicU64,
 }
 
 impl LinkCounters {
@@ -64,6 +67,7 @@ impl LinkCounters {
             copied_bytes: self.copied_bytes.load(Relaxed),
             queued_bytes: self.queued_bytes.load(Relaxed),
             queued_bytes_peak: self.queued_bytes_peak.load(Relaxed),
+            credit_waits: self.credit_waits.load(Relaxed),
         }
     }
 }
@@ -82,6 +86,7 @@ pub struct CounterSnapshot {
     pub copied_bytes: u64,
     pub queued_bytes: u64,
     pub queued_bytes_peak: u64,
+    pub credit_waits: u64,
 }
 
 impl std::ops::Sub for CounterSnapshot {
@@ -99,6 +104,7 @@ impl std::ops::Sub for CounterSnapshot {
             copied_bytes: self.copied_bytes - earlier.copied_bytes,
             queued_bytes: self.queued_bytes,
             queued_bytes_peak: self.queued_bytes_peak,
+            credit_waits: self.credit_waits - earlier.credit_waits,
         }
     }
 }

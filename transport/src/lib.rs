@@ -8,6 +8,7 @@
 //! - [`tcp`]: the TCP backend. [`any`] dispatches on the endpoint scheme.
 //! - [`connection`]: calls multiplexed by opaque over any link.
 //! - [`remoting`]: Client (pools, backoff) and Server (dispatch by code).
+//! - [`metrics`]: the process's counters and histograms and their Prometheus endpoint.
 
 pub mod any;
 pub mod codec;
@@ -16,6 +17,7 @@ pub mod counters;
 pub mod endpoint;
 pub mod error;
 pub mod link;
+pub mod metrics;
 pub mod protocol;
 pub mod rdma;
 pub mod remoting;

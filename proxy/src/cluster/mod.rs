@@ -16,7 +16,7 @@ use bytes::Bytes;
 use rdmq_broker::message::{self, StoredMessage};
 use rdmq_broker::pop::ReceiptHandle;
 use rdmq_transport::protocol::{request_code, response_code as rc};
-use rdmq_transport::remoting::{Client, ClientConfig};
+use rdmq_transport::remoting::{CallMetrics, Client, ClientConfig};
 use rdmq_transport::{AnyTransport, Endpoint, RemotingCommand, TransportError};
 
 use crate::error::{ProxyError, ProxyResult};
@@ -140,8 +140,32 @@ impl Cluster {
             backoff_max: Duration::from_secs(2),
             ..ClientConfig::default()
         };
-        let poll_client = Client::new(transport.clone(), config.clone());
-        let client = Client::new(transport, config);
+        use request_code as c;
+        let codes = [
+            (c::SEND_MESSAGE, "SEND_MESSAGE"),
+            (c::SEND_MESSAGE_V2, "SEND_MESSAGE_V2"),
+            (c::SEND_BATCH_MESSAGE, "SEND_BATCH_MESSAGE"),
+            (c::POP_MESSAGE, "POP_MESSAGE"),
+            (c::ACK_MESSAGE, "ACK_MESSAGE"),
+            (
+                c::CHANGE_MESSAGE_INVISIBLETIME,
+                "CHANGE_MESSAGE_INVISIBLETIME",
+            ),
+        ];
+        let poll_client = Client::new(
+            transport.clone(),
+            ClientConfig {
+                metrics: Some(CallMetrics::register("proxy-poll", &codes)),
+                ..config.clone()
+            },
+        );
+        let client = Client::new(
+            transport,
+            ClientConfig {
+                metrics: Some(CallMetrics::register("proxy", &codes)),
+                ..config
+            },
+        );
         Self {
             client,
             poll_client,

@@ -121,6 +121,11 @@ impl Fabric {
             .clone()
     }
 
+    /// The process-wide fabric if something has used it already (never creates it).
+    pub fn global_if_started() -> Option<Arc<Fabric>> {
+        GLOBAL.get().cloned()
+    }
+
     /// A new inline-mode fabric.
     pub fn new(config: FabricConfig) -> Arc<Fabric> {
         let fabric = Self::build(Mode::Inline, config.devices, config.seed);

@@ -727,6 +727,7 @@ impl<Q: VerbsQp> LinkTx for RdmaTx<Q> {
                     continue;
                 }
             }
+            LinkCounters::add(&sh.counters.credit_waits, 1);
             tokio::select! {
                 _ = &mut ready => {}
                 reason = sh.dead.wait() => return Err(reason),

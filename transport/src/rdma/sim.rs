@@ -24,6 +24,37 @@ fn map_err(e: sim::VerbsError) -> VerbsError {
     }
 }
 
+/// Reports the process-wide simulated NIC's work to the metrics registry, once it exists:
+/// `rdma_sim_nic_seconds_total{part="inline"}` (engine time inside application threads, already
+/// part of the process's CPU time), `{part="threads"}` (CPU time of the simulator's own timer and
+/// wire threads) and `rdma_sim_packets_total`. A real NIC does this work off the host's CPUs, so
+/// benchmarks report it apart from host work.
+pub fn register_nic_metrics() {
+    use crate::metrics::{Kind, Sample};
+    crate::metrics::global().collect(Box::new(|out| {
+        if let Some(f) = sim::Fabric::global_if_started() {
+            let st = f.stats();
+            for (part, d) in [("inline", st.inline_time), ("threads", st.thread_cpu_time)] {
+                out.push(Sample {
+                    name: "rdma_sim_nic_seconds_total",
+                    help: "Work done by the simulated NIC in this process",
+                    kind: Kind::Counter,
+                    labels: vec![("part", part.into())],
+                    value: d.as_secs_f64(),
+                });
+            }
+            out.push(Sample {
+                name: "rdma_sim_packets_total",
+                help: "Packets the simulated NIC sent",
+                kind: Kind::Counter,
+                labels: vec![],
+                value: st.net.packets as f64,
+            });
+        }
+        true
+    }));
+}
+
 /// Opens rdma-sim devices: of the process-wide fabric (reachable from other processes), or of
 /// a given fabric (isolated tests).
 #[derive(Debug, Clone, Default)]

@@ -2,8 +2,8 @@
 //! with exponential backoff after failures.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,6 +13,7 @@ use crate::connection::{Connection, ConnectionConfig};
 use crate::endpoint::Endpoint;
 use crate::error::TransportError;
 use crate::link::{Link, Transport};
+use crate::metrics::{self, Histogram, Kind, Sample};
 
 /// Client tuning.
 #[derive(Debug, Clone)]
@@ -27,6 +28,54 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Per-connection settings.
     pub connection: ConnectionConfig,
+    /// Where call round-trip times are recorded, if anywhere; a client with metrics also
+    /// reports its links (backend, fallback reason, credit waits) to the global registry.
+    pub metrics: Option<Arc<CallMetrics>>,
+}
+
+/// Round-trip times of a client's calls by request code, in the global metrics registry:
+/// `rdmq_remoting_call_seconds{client,code}` (time from `invoke` to its response, connection
+/// lookup included) and `rdmq_remoting_call_failures_total{client}` (calls with no response).
+#[derive(Debug)]
+pub struct CallMetrics {
+    client: &'static str,
+    by_code: Vec<(i32, Arc<Histogram>)>,
+    other: Arc<Histogram>,
+    failed: Arc<AtomicU64>,
+}
+
+impl CallMetrics {
+    /// Registers a histogram for each named request code and one for all others.
+    pub fn register(client: &'static str, codes: &[(i32, &'static str)]) -> Arc<Self> {
+        let reg = metrics::global();
+        let hist = |code: &str| {
+            reg.histogram(
+                "rdmq_remoting_call_seconds",
+                "Round-trip time of remoting calls, by request code",
+                vec![("client", client.into()), ("code", code.into())],
+            )
+        };
+        Arc::new(Self {
+            client,
+            by_code: codes.iter().map(|&(c, name)| (c, hist(name))).collect(),
+            other: hist("other"),
+            failed: reg.counter(
+                "rdmq_remoting_call_failures_total",
+                "Remoting calls that got no response (timeout, link failure)",
+                vec![("client", client.into())],
+            ),
+        })
+    }
+
+    #[inline]
+    fn record(&self, code: i32, elapsed: Duration) {
+        let h = self
+            .by_code
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map_or(&self.other, |(_, h)| h);
+        h.record(elapsed);
+    }
 }
 
 impl Default for ClientConfig {
@@ -37,6 +86,7 @@ impl Default for ClientConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             connection: ConnectionConfig::default(),
+            metrics: None,
         }
     }
 }
@@ -93,13 +143,17 @@ impl<T: Transport> Slot<T> {
 impl<T: Transport> Client<T> {
     /// A client dialling with `transport`.
     pub fn new(transport: T, config: ClientConfig) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                transport,
-                config,
-                pools: Mutex::new(HashMap::new()),
-            }),
+        let inner = Arc::new(Inner {
+            transport,
+            config,
+            pools: Mutex::new(HashMap::new()),
+        });
+        if let Some(m) = &inner.config.metrics {
+            let client = m.client;
+            let weak = Arc::downgrade(&inner);
+            metrics::global().collect(Box::new(move |out| collect_links(&weak, client, out)));
         }
+        Self { inner }
     }
 
     /// The tuning.
@@ -191,10 +245,24 @@ impl<T: Transport> Client<T> {
         timeout: Option<Duration>,
     ) -> Result<RemotingCommand, TransportError> {
         let timeout = timeout.unwrap_or(self.inner.config.call_timeout);
-        let conn = tokio::time::timeout(timeout, self.connection(endpoint))
-            .await
-            .map_err(|_| TransportError::Timeout(timeout))??;
-        conn.call(request, timeout).await
+        let started = std::time::Instant::now();
+        let code = request.code;
+        let result = async {
+            let conn = tokio::time::timeout(timeout, self.connection(endpoint))
+                .await
+                .map_err(|_| TransportError::Timeout(timeout))??;
+            conn.call(request, timeout).await
+        }
+        .await;
+        if let Some(m) = &self.inner.config.metrics {
+            match &result {
+                Ok(_) => m.record(code, started.elapsed()),
+                Err(_) => {
+                    m.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        result
     }
 
     /// Sends a one-way request to `endpoint`.
@@ -221,4 +289,77 @@ impl<T: Transport> Client<T> {
             }
         }
     }
+}
+
+/// Scrape-time facts of a client's live links; `false` once the client is gone.
+fn collect_links<T: Transport>(
+    inner: &Weak<Inner<T>>,
+    client: &'static str,
+    out: &mut Vec<Sample>,
+) -> bool {
+    let Some(inner) = inner.upgrade() else {
+        return false;
+    };
+    let pools: Vec<(Endpoint, Arc<Pool<T>>)> = inner
+        .pools
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(e, p)| (e.clone(), p.clone()))
+        .collect();
+    for (endpoint, pool) in pools {
+        for (i, slot) in pool.slots.iter().enumerate() {
+            let Some(conn) = slot.live() else { continue };
+            let info = conn.info();
+            let c = info.counters.snapshot();
+            let base = || {
+                vec![
+                    ("client", client.to_owned()),
+                    ("endpoint", endpoint.to_string()),
+                    ("slot", i.to_string()),
+                ]
+            };
+            let mut labels = base();
+            labels.push(("transport", info.transport.to_owned()));
+            labels.push(("reason", info.reason.clone()));
+            out.push(Sample {
+                name: "rdmq_link_info",
+                help: "A live link: its backend and why that backend carries it",
+                kind: Kind::Gauge,
+                labels,
+                value: 1.0,
+            });
+            for (name, help, v) in [
+                (
+                    "rdmq_link_frames_sent_total",
+                    "Frames sent on the link",
+                    c.frames_sent,
+                ),
+                (
+                    "rdmq_link_frames_received_total",
+                    "Frames received on the link",
+                    c.frames_received,
+                ),
+                (
+                    "rdmq_link_send_calls_total",
+                    "Send-side kernel crossings (syscalls for TCP, doorbells for RDMA)",
+                    c.send_calls,
+                ),
+                (
+                    "rdmq_link_credit_waits_total",
+                    "Sends that waited for send credits or a free send slot",
+                    c.credit_waits,
+                ),
+            ] {
+                out.push(Sample {
+                    name,
+                    help,
+                    kind: Kind::Counter,
+                    labels: base(),
+                    value: v as f64,
+                });
+            }
+        }
+    }
+    true
 }

@@ -5,5 +5,5 @@
 mod client;
 mod server;
 
-pub use client::{Client, ClientConfig};
+pub use client::{CallMetrics, Client, ClientConfig};
 pub use server::{Handler, HandlerFuture, Request, Router, Server, ServerConfig, ServerHandle};

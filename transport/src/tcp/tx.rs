@@ -126,12 +126,20 @@ impl LinkTx for TcpTx {
 
     async fn reserve(&self, frame_len: usize) -> Result<TcpBuf, TransportError> {
         let permits = frame_len.clamp(1, self.max_inflight) as u32;
-        let permit = self
-            .budget
-            .clone()
-            .acquire_many_owned(permits)
-            .await
-            .map_err(|_| self.closed_error())?;
+        let permit = match self.budget.clone().try_acquire_many_owned(permits) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(self.closed_error()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                self.counters
+                    .credit_waits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.budget
+                    .clone()
+                    .acquire_many_owned(permits)
+                    .await
+                    .map_err(|_| self.closed_error())?
+            }
+        };
         self.counters.queue(frame_len as u64);
         let head_cap = if frame_len < self.zero_copy_min {
             frame_len
