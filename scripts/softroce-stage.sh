@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The SoftRoCE stage, run where an RDMA device exists (the qemu guest of softroce-vm.sh, or a
 # host after softroce-up.sh): the device test suites, then a smoke bench of TCP vs rdma
-# round trips for 1 KiB bodies, in the same boot.
+# round trips for 1 KiB bodies and a headline smoke (broker, proxy and load generator as separate
+# processes over tcp, rdma-sim and rdma), in the same boot.
 #
 #   scripts/softroce-stage.sh TEST_BINARY BENCH_BINARY [BROKER_TEST_BINARY]
 #
@@ -23,4 +24,7 @@ fi
 echo "== smoke bench (label: emulated under qemu, not a performance result)"
 "$bench_bin" transport --only tcp,rdma --sizes 1024 --iterations 200
 bench=$?
-[ $tests -eq 0 ] && [ $bench -eq 0 ]
+echo "== headline smoke over tcp, rdma-sim and rdma (label: emulated; checks the machinery, not a result)"
+"$bench_bin" headline --smoke --only tcp,rdma-sim,rdma --out target/headline-softroce
+headline=$?
+[ $tests -eq 0 ] && [ $bench -eq 0 ] && [ $headline -eq 0 ]

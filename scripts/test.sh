@@ -56,6 +56,12 @@ fi
 log "cargo test (workspace)"
 cargo test --workspace
 
+# --- the main job's smoke: rdmq-bench headline with separate processes -------------------------
+# Broker, proxy and load generator as three processes over TCP and rdma-sim, every phase at low
+# rates for a second each (about 15 s); fails if any operation fails. Not a result.
+log "headline smoke (rdmq-bench headline --smoke)"
+cargo run -q -p rdmq-bench -- headline --smoke --out "${CARGO_TARGET_DIR:-target}/headline-smoke"
+
 # --- SoftRoCE stage: real kernel verbs --------------------------------------------------------
 # Natively where the kernel has rdma_rxe; otherwise in a qemu guest booting Debian's kernel.
 # The binaries are built here; only they run there. Bounded to 10 minutes.

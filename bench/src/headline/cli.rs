@@ -26,7 +26,10 @@ usage: rdmq-bench headline [options]
   --bin-dir DIR        run DIR/rdmq-broker and DIR/rdmq-proxy (default: this executable
                        re-run as them, the same code as the binaries)
   --out DIR            where results go (default target/headline)
-  --smoke              a few seconds at low rates: checks the machinery, not a result
+  --no-perf            count syscalls from /proc/<pid>/io (read/write family only) instead
+                       of perf stat's raw_syscalls tracepoint (which adds a little per syscall)
+  --smoke              a few seconds at low rates: checks the machinery, not a result;
+                       fails if any operation fails
 ";
 
 fn list<T: std::str::FromStr>(v: &str, flag: &str) -> Result<Vec<T>, String> {
@@ -51,6 +54,10 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         if flag == "--smoke" {
+            continue;
+        }
+        if flag == "--no-perf" {
+            opts.perf = false;
             continue;
         }
         if flag == "--help" || flag == "-h" {

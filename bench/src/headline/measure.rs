@@ -203,11 +203,17 @@ pub struct Cell {
     pub broker: ProcFigures,
     /// Proxy process.
     pub proxy: ProcFigures,
+    /// The load generator's own CPU per message (µs; user+sys), so the machine figure can be
+    /// accounted for.
+    pub loadgen_us: f64,
     /// The whole machine's busy CPU per message (µs), from `/proc/stat`: includes the load
     /// generator and kernel work charged to no process.
     pub machine_us: f64,
     /// Of which soft interrupts (µs).
     pub softirq_us: f64,
+    /// vCPU time stolen by the hypervisor per message (µs; not in `machine_us`): a large value
+    /// means the figures were taken on a contended host.
+    pub steal_us: f64,
     /// Proxy→broker round trip of the phase's main request, inside the proxy's remoting client.
     pub hop_rt: Rt,
     /// The load generator's end-to-end latency from each operation's due time.
@@ -308,16 +314,18 @@ impl Deployment {
         } else {
             None
         };
+        let lg_a = ProcSample::read(lg.pid())?;
         let a = self.sample()?;
         lg.expect(
             "window-end",
             Duration::from_millis(spec.window_ms) + START_TIMEOUT,
         )?;
+        let lg_b = ProcSample::read(lg.pid())?;
         let b = self.sample()?;
         let perf_counts = match perf_counts {
             Some((pb, pp)) => {
                 let wall = a.at.elapsed().as_secs_f64();
-                Some((pb.stop()?, pp.stop()?, wall))
+                Some((pb.stop()?.0, pp.stop()?.0, wall))
             }
             None => None,
         };
@@ -333,28 +341,22 @@ impl Deployment {
                        pb: &ProcSample,
                        ta: &str,
                        tb: &str,
-                       perf: Option<(u64, u64)>,
+                       perf: Option<u64>,
                        perf_wall: f64| {
             let d = pb.since(pa);
             let nic = |t: &str| value(t, "rdma_sim_nic_seconds_total", &[]);
             let nic_us = (nic(tb) - nic(ta)).max(0.0) * 1e6 / n;
             let cpu_us = (d.utime + d.stime) as f64 * tick_us / n;
-            let (syscalls, source, wakeups) = match perf {
-                Some((sys, cs)) => {
-                    // perf ran from just after the window opened until just after it closed.
-                    let per_msg = |v: u64| v as f64 / (perf_wall * achieved).max(1.0);
-                    let _ = cs;
-                    (
-                        per_msg(sys),
-                        "perf stat raw_syscalls:sys_enter, all threads".to_owned(),
-                        d.voluntary as f64 / n,
-                    )
-                }
+            let (syscalls, source) = match perf {
+                // perf ran from just after the window opened until just after it closed: per
+                // message at the achieved rate over perf's own span.
+                Some(sys) => (
+                    sys as f64 / (perf_wall * achieved).max(1.0),
+                    "perf stat raw_syscalls:sys_enter, all threads".to_owned(),
+                ),
                 None => (
                     d.io_syscalls as f64 / n,
-                    "/proc/<pid>/io syscr+syscw (read/write family only; perf unavailable)"
-                        .to_owned(),
-                    d.voluntary as f64 / n,
+                    "/proc/<pid>/io syscr+syscw (read/write family only)".to_owned(),
                 ),
             };
             ProcFigures {
@@ -363,7 +365,7 @@ impl Deployment {
                 sys_us: d.stime as f64 * tick_us / n,
                 nic_us,
                 host_us: (cpu_us - nic_us).max(0.0),
-                wakeups,
+                wakeups: d.voluntary as f64 / n,
                 preemptions: d.involuntary as f64 / n,
                 syscalls,
                 syscall_source: source,
@@ -447,8 +449,13 @@ impl Deployment {
             late_starts: result.late_starts + result.not_started,
             broker,
             proxy,
+            loadgen_us: {
+                let d = lg_b.since(&lg_a);
+                (d.utime + d.stime) as f64 * tick_us / n
+            },
             machine_us: m.busy as f64 * tick_us / n,
             softirq_us: m.softirq as f64 * tick_us / n,
+            steal_us: m.steal as f64 * tick_us / n,
             hop_rt: Rt::of(&hop),
             client_rt: Rt::of(&Snapshot::parse(&result.latency).unwrap_or_default()),
             link,

@@ -52,6 +52,8 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// A short run that checks the machinery, not a result.
     pub smoke: bool,
+    /// Count syscalls with `perf stat` where it works.
+    pub perf: bool,
 }
 
 impl Options {
@@ -70,6 +72,7 @@ impl Options {
             bin_dir: None,
             out_dir: PathBuf::from("target/headline"),
             smoke: false,
+            perf: true,
         }
     }
 
@@ -174,7 +177,11 @@ fn spec(target: &str, mode: &str, rate: f64, opts: &Options) -> LoadSpec {
 pub fn run(opts: &Options) -> Result<Results, String> {
     let programs = Programs::find(opts.bin_dir.as_deref())?;
     let placement = Placement::new(&opts.placement)?;
-    let perf = procs::perf_available();
+    let perf = if opts.perf {
+        procs::perf_available()
+    } else {
+        Err("--no-perf".to_owned())
+    };
     let syscalls = match &perf {
         Ok(()) => "perf stat -e raw_syscalls:sys_enter per process, all threads".to_owned(),
         Err(why) => format!("/proc/<pid>/io syscr+syscw, read/write family only ({why})"),

@@ -84,10 +84,14 @@ pub struct Row {
     pub proxy_host_us: Spread,
     /// The simulated NIC's work in the proxy process (µs per message).
     pub proxy_nic_us: Spread,
+    /// The load generator's CPU per message (µs).
+    pub loadgen_us: Spread,
     /// Whole machine busy CPU per message (µs).
     pub machine_us: Spread,
     /// Of which soft interrupts (µs).
     pub softirq_us: Spread,
+    /// Hypervisor steal (µs per message).
+    pub steal_us: Spread,
     /// Hop RT mean (µs).
     pub hop_mean_us: Spread,
     /// Hop RT p50 (µs).
@@ -152,8 +156,10 @@ pub fn rows(results: &Results) -> Vec<Row> {
                 proxy_cpu_us: s(&|c| c.proxy.cpu_us),
                 proxy_host_us: s(&|c| c.proxy.host_us),
                 proxy_nic_us: s(&|c| c.proxy.nic_us),
+                loadgen_us: s(&|c| c.loadgen_us),
                 machine_us: s(&|c| c.machine_us),
                 softirq_us: s(&|c| c.softirq_us),
+                steal_us: s(&|c| c.steal_us),
                 hop_mean_us: s(&|c| c.hop_rt.mean_us),
                 hop_p50_us: s(&|c| c.hop_rt.p50_us),
                 hop_p99_us: s(&|c| c.hop_rt.p99_us),
@@ -294,7 +300,7 @@ pub fn headline_text(results: &Results, heads: &[Headline]) -> String {
             "  {:<34} {:>10} {:>10} {:>9}   reference (hardware RDMA vs TCP)",
             "", "tcp", h.transport, "change"
         );
-        let units = ["µs host", "µs host", "µs mean"];
+        let units = ["µs host", "µs host", "µs mean", "µs median"];
         for (r, u) in h.ratios.iter().zip(units) {
             let _ = writeln!(
                 s,
@@ -354,20 +360,20 @@ pub fn markdown(results: &Results, rows: &[Row], heads: &[Headline]) -> String {
     }
     let _ = writeln!(
         s,
-        "## All points (median, with min–max over runs)\n\nCPU figures are µs per message from `/proc/<pid>/stat` (user+sys); *host* excludes the simulated NIC's work, which is the *NIC* column. Machine = all CPUs' busy time per message from `/proc/stat` (includes the load generator and kernel work charged to no process). RT in µs: hop = proxy→broker inside the proxy's remoting client (SEND_MESSAGE_V2; POP_MESSAGE for receive), client = load generator from due time.\n"
+        "## All points (median, with min–max over runs)\n\nCPU figures are µs per message from `/proc/<pid>/stat` (user+sys); *host* excludes the simulated NIC's work, which is the *NIC* column. Machine = all CPUs' busy time per message from `/proc/stat` (user+nice+system+irq+softirq: includes the load generator, `perf`, the runner and kernel work charged to no process); steal = time the hypervisor took from the vCPUs (not in machine). RT in µs: hop = proxy→broker inside the proxy's remoting client (SEND_MESSAGE_V2; POP_MESSAGE for receive), client = load generator from due time.\n"
     );
     let _ = writeln!(
         s,
-        "| phase | offered/s | transport | achieved/s | ±5 % | broker host | broker NIC | proxy host | proxy NIC | machine | softirq | hop mean | hop p50 | hop p99 | client p50 | client p99 | wake-ups/msg b / p | syscalls/msg b / p | errors | label |"
+        "| phase | offered/s | transport | achieved/s | ±5 % | broker host | broker NIC | proxy host | proxy NIC | loadgen | machine | softirq | steal | hop mean | hop p50 | hop p99 | client p50 | client p99 | wake-ups/msg b / p | syscalls/msg b / p | errors | label |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} / {:.2} | {:.1} / {:.1} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} / {:.2} | {:.1} / {:.1} | {} | {} |",
             r.phase,
             r.offered,
             r.transport,
@@ -377,8 +383,10 @@ pub fn markdown(results: &Results, rows: &[Row], heads: &[Headline]) -> String {
             r.broker_nic_us.median,
             r.proxy_host_us.show(),
             r.proxy_nic_us.median,
+            r.loadgen_us.median,
             r.machine_us.median,
             r.softirq_us.median,
+            r.steal_us.median,
             r.hop_mean_us.show(),
             r.hop_p50_us.median,
             r.hop_p99_us.median,

@@ -215,10 +215,12 @@ pub fn ticks_per_second() -> f64 {
 /// The whole machine's CPU time from the first line of `/proc/stat` (ticks).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MachineSample {
-    /// Non-idle time: user, nice, system, irq, softirq, steal.
+    /// Non-idle time of this machine: user, nice, system, irq, softirq.
     pub busy: u64,
     /// Soft-interrupt time alone (loopback TCP's receive path runs here).
     pub softirq: u64,
+    /// Time the hypervisor ran something else while a vCPU wanted to run (not in `busy`).
+    pub steal: u64,
 }
 
 impl MachineSample {
@@ -233,8 +235,9 @@ impl MachineSample {
             .collect();
         let at = |i: usize| f.get(i).copied().unwrap_or(0);
         MachineSample {
-            busy: at(0) + at(1) + at(2) + at(5) + at(6) + at(7),
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
             softirq: at(6),
+            steal: at(7),
         }
     }
 
@@ -243,6 +246,7 @@ impl MachineSample {
         MachineSample {
             busy: self.busy.saturating_sub(earlier.busy),
             softirq: self.softirq.saturating_sub(earlier.softirq),
+            steal: self.steal.saturating_sub(earlier.steal),
         }
     }
 }
