@@ -65,7 +65,27 @@ impl RunningBroker {
                 .map_err(|e| format!("broker start panicked: {e}"))?
                 .map_err(|e| format!("cannot start the pop and timer services: {e}"))?
         };
-        let server = Server::new(transport, router(broker.clone()), ServerConfig::default());
+        use rdmq_transport::protocol::request_code as c;
+        let metrics = rdmq_transport::remoting::CallMetrics::server(
+            "broker",
+            &[
+                (c::SEND_MESSAGE, "SEND_MESSAGE"),
+                (c::SEND_MESSAGE_V2, "SEND_MESSAGE_V2"),
+                (c::SEND_BATCH_MESSAGE, "SEND_BATCH_MESSAGE"),
+                (c::PULL_MESSAGE, "PULL_MESSAGE"),
+                (c::POP_MESSAGE, "POP_MESSAGE"),
+                (c::ACK_MESSAGE, "ACK_MESSAGE"),
+                (
+                    c::CHANGE_MESSAGE_INVISIBLETIME,
+                    "CHANGE_MESSAGE_INVISIBLETIME",
+                ),
+            ],
+        );
+        let config = ServerConfig {
+            metrics: Some(metrics),
+            ..ServerConfig::default()
+        };
+        let server = Server::new(transport, router(broker.clone()), config);
         let handles: Vec<ServerHandle> = listeners.into_iter().map(|l| server.serve(l)).collect();
         let endpoints = handles.iter().map(|h| h.local_endpoint().clone()).collect();
         tracing::info!(

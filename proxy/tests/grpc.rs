@@ -855,3 +855,81 @@ async fn auto_renew_keeps_a_message_hidden_until_it_is_acked() {
     assert!(other.is_empty(), "acked for good");
     proxy.shutdown().await.unwrap();
 }
+
+/// The metrics endpoint of a proxy process (its own registry): the hop's round-trip histogram
+/// counts exactly the sends made, the link reports its backend, and the simulated NIC's work
+/// appears once rdma-sim carries the hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_reports_hop_rt_links_and_nic_work() {
+    use std::io::BufRead;
+    let dir = TempDir::new("metrics");
+    let mut a = args(&dir, "rdma-sim://127.0.0.1:0", &["orders:2"]);
+    a.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rdmq-proxy"))
+        .args(&a)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut metrics, mut grpc) = (None, None);
+    while metrics.is_none() || grpc.is_none() {
+        let line = lines
+            .next()
+            .expect("the proxy printed its addresses")
+            .unwrap();
+        if let Some(m) = line.strip_prefix("metrics http://") {
+            metrics = Some(
+                m.trim_end_matches("/metrics")
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap(),
+            );
+        } else if let Some(g) = line.strip_prefix("listening grpc://") {
+            grpc = Some(g.to_owned());
+        }
+    }
+    let (metrics, grpc) = (metrics.unwrap(), grpc.unwrap());
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = pb::messaging_service_client::MessagingServiceClient::new(channel);
+    for i in 0..5 {
+        let id = format!("01METRICS{i:023}");
+        let r = send(&mut c, vec![message("orders", &id, "T", body(i, 1024))]).await;
+        assert_eq!(code(&r.status), Code::Ok);
+    }
+    use rdmq_transport::metrics::http::get;
+    let (status, text) = get(metrics, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(
+            "rdmq_remoting_call_seconds_count{client=\"proxy\",code=\"SEND_MESSAGE_V2\"} 5\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE rdmq_remoting_call_seconds summary"));
+    let link = text
+        .lines()
+        .find(|l| l.starts_with("rdmq_link_info{client=\"proxy\""))
+        .expect("a link line");
+    assert!(link.contains("transport=\"rdma-sim\""), "{link}");
+    let nic: f64 = text
+        .lines()
+        .find(|l| l.starts_with("rdma_sim_nic_seconds_total{part=\"inline\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("simulated NIC work reported");
+    assert!(nic > 0.0);
+    let (_, hdr) = get(metrics, "/metrics/hdr").await.unwrap();
+    let sends = rdmq_transport::metrics::parse_hdr(&hdr)
+        .into_iter()
+        .find(|(k, _)| k == "rdmq_remoting_call_seconds{client=\"proxy\",code=\"SEND_MESSAGE_V2\"}")
+        .expect("send histogram")
+        .1;
+    assert_eq!(sends.count(), 5);
+    assert!(sends.quantile_ns(0.5) > 0 && sends.quantile_ns(0.5) <= sends.quantile_ns(1.0));
+    assert_eq!(get(metrics, "/other").await.unwrap().0, 404);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -216,6 +216,9 @@ pub struct Cell {
     pub steal_us: f64,
     /// Proxy→broker round trip of the phase's main request, inside the proxy's remoting client.
     pub hop_rt: Rt,
+    /// The broker's own time for that request, arrival to response (its
+    /// `rdmq_remoting_serve_seconds`): the hop RT minus this is transport and scheduling.
+    pub broker_serve: Rt,
     /// The load generator's end-to-end latency from each operation's due time.
     pub client_rt: Rt,
     /// What the proxy's links report (`transport: reason`).
@@ -270,6 +273,7 @@ struct Sampled {
     broker_text: String,
     proxy_text: String,
     proxy_hdr: Vec<(String, Snapshot)>,
+    broker_hdr: Vec<(String, Snapshot)>,
 }
 
 impl Deployment {
@@ -282,6 +286,7 @@ impl Deployment {
             broker_text: scrape(self.broker_metrics, "/metrics")?,
             proxy_text: scrape(self.proxy_metrics, "/metrics")?,
             proxy_hdr: parse_hdr(&scrape(self.proxy_metrics, "/metrics/hdr")?),
+            broker_hdr: parse_hdr(&scrape(self.broker_metrics, "/metrics/hdr")?),
         })
     }
 
@@ -392,20 +397,29 @@ impl Deployment {
             perf_wall,
         );
         let m = b.machine.since(&a.machine);
-        let series = |client: &str, code: &str| {
-            let key = format!("rdmq_remoting_call_seconds{{client=\"{client}\",code=\"{code}\"}}");
+        let series = |before: &[(String, Snapshot)], after: &[(String, Snapshot)], key: String| {
             let find = |v: &[(String, Snapshot)]| {
                 v.iter()
                     .find(|(k, _)| *k == key)
                     .map(|(_, s)| s.clone())
                     .unwrap_or_default()
             };
-            find(&b.proxy_hdr).since(&find(&a.proxy_hdr))
+            find(after).since(&find(before))
         };
-        let hop = match spec.mode.as_str() {
-            "receive" => series("proxy-poll", "POP_MESSAGE"),
-            _ => series("proxy", "SEND_MESSAGE_V2"),
+        let (client, code) = match spec.mode.as_str() {
+            "receive" => ("proxy-poll", "POP_MESSAGE"),
+            _ => ("proxy", "SEND_MESSAGE_V2"),
         };
+        let hop = series(
+            &a.proxy_hdr,
+            &b.proxy_hdr,
+            format!("rdmq_remoting_call_seconds{{client=\"{client}\",code=\"{code}\"}}"),
+        );
+        let serve = series(
+            &a.broker_hdr,
+            &b.broker_hdr,
+            format!("rdmq_remoting_serve_seconds{{server=\"broker\",code=\"{code}\"}}"),
+        );
         let link = b
             .proxy_text
             .lines()
@@ -457,6 +471,7 @@ impl Deployment {
             softirq_us: m.softirq as f64 * tick_us / n,
             steal_us: m.steal as f64 * tick_us / n,
             hop_rt: Rt::of(&hop),
+            broker_serve: Rt::of(&serve),
             client_rt: Rt::of(&Snapshot::parse(&result.latency).unwrap_or_default()),
             link,
             credit_waits_per_k: waits * 1000.0 / n,

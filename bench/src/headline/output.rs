@@ -98,6 +98,8 @@ pub struct Row {
     pub hop_p50_us: Spread,
     /// Hop RT p99 (µs).
     pub hop_p99_us: Spread,
+    /// Broker service time mean (µs).
+    pub serve_mean_us: Spread,
     /// Client RT p50 (µs).
     pub client_p50_us: Spread,
     /// Client RT p99 (µs).
@@ -163,6 +165,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
                 hop_mean_us: s(&|c| c.hop_rt.mean_us),
                 hop_p50_us: s(&|c| c.hop_rt.p50_us),
                 hop_p99_us: s(&|c| c.hop_rt.p99_us),
+                serve_mean_us: s(&|c| c.broker_serve.mean_us),
                 client_p50_us: s(&|c| c.client_rt.p50_us),
                 client_p99_us: s(&|c| c.client_rt.p99_us),
                 broker_wakeups: s(&|c| c.broker.wakeups),
@@ -360,20 +363,20 @@ pub fn markdown(results: &Results, rows: &[Row], heads: &[Headline]) -> String {
     }
     let _ = writeln!(
         s,
-        "## All points (median, with min–max over runs)\n\nCPU figures are µs per message from `/proc/<pid>/stat` (user+sys); *host* excludes the simulated NIC's work, which is the *NIC* column. Machine = all CPUs' busy time per message from `/proc/stat` (user+nice+system+irq+softirq: includes the load generator, `perf`, the runner and kernel work charged to no process); steal = time the hypervisor took from the vCPUs (not in machine). RT in µs: hop = proxy→broker inside the proxy's remoting client (SEND_MESSAGE_V2; POP_MESSAGE for receive), client = load generator from due time.\n"
+        "## All points (median, with min–max over runs)\n\nCPU figures are µs per message from `/proc/<pid>/stat` (user+sys); *host* excludes the simulated NIC's work, which is the *NIC* column. Machine = all CPUs' busy time per message from `/proc/stat` (user+nice+system+irq+softirq: includes the load generator, `perf`, the runner and kernel work charged to no process); steal = time the hypervisor took from the vCPUs (not in machine). RT in µs: hop = proxy→broker inside the proxy's remoting client (SEND_MESSAGE_V2; POP_MESSAGE for receive), broker serve = the broker's own arrival-to-response time for that request; client = load generator from due time.\n"
     );
     let _ = writeln!(
         s,
-        "| phase | offered/s | transport | achieved/s | ±5 % | broker host | broker NIC | proxy host | proxy NIC | loadgen | machine | softirq | steal | hop mean | hop p50 | hop p99 | client p50 | client p99 | wake-ups/msg b / p | syscalls/msg b / p | errors | label |"
+        "| phase | offered/s | transport | achieved/s | ±5 % | broker host | broker NIC | proxy host | proxy NIC | loadgen | machine | softirq | steal | hop mean | hop p50 | hop p99 | broker serve mean | client p50 | client p99 | wake-ups/msg b / p | syscalls/msg b / p | errors | label |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} / {:.2} | {:.1} / {:.1} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} / {:.2} | {:.1} / {:.1} | {} | {} |",
             r.phase,
             r.offered,
             r.transport,
@@ -390,6 +393,7 @@ pub fn markdown(results: &Results, rows: &[Row], heads: &[Headline]) -> String {
             r.hop_mean_us.show(),
             r.hop_p50_us.median,
             r.hop_p99_us.median,
+            r.serve_mean_us.median,
             r.client_p50_us.median,
             r.client_p99_us.median,
             r.broker_wakeups.median,

@@ -45,36 +45,72 @@ pub struct CallMetrics {
 }
 
 impl CallMetrics {
-    /// Registers a histogram for each named request code and one for all others.
+    /// Registers a histogram for each named request code and one for all others, labelled
+    /// `client`.
     pub fn register(client: &'static str, codes: &[(i32, &'static str)]) -> Arc<Self> {
-        let reg = metrics::global();
-        let hist = |code: &str| {
-            reg.histogram(
+        Self::build(
+            (
                 "rdmq_remoting_call_seconds",
                 "Round-trip time of remoting calls, by request code",
-                vec![("client", client.into()), ("code", code.into())],
-            )
-        };
-        Arc::new(Self {
-            client,
-            by_code: codes.iter().map(|&(c, name)| (c, hist(name))).collect(),
-            other: hist("other"),
-            failed: reg.counter(
+            ),
+            (
                 "rdmq_remoting_call_failures_total",
                 "Remoting calls that got no response (timeout, link failure)",
-                vec![("client", client.into())],
             ),
+            ("client", client),
+            codes,
+        )
+    }
+
+    /// The server side: `rdmq_remoting_serve_seconds{server,code}`, from a request's arrival
+    /// to its response being handed to the link (queueing for a handler permit included).
+    pub fn server(server: &'static str, codes: &[(i32, &'static str)]) -> Arc<Self> {
+        Self::build(
+            (
+                "rdmq_remoting_serve_seconds",
+                "Time from a request's arrival to its response, by request code",
+            ),
+            (
+                "rdmq_remoting_serve_failures_total",
+                "Responses that could not be sent (link gone)",
+            ),
+            ("server", server),
+            codes,
+        )
+    }
+
+    fn build(
+        (metric, help): (&'static str, &'static str),
+        (fail_metric, fail_help): (&'static str, &'static str),
+        (key, who): (&'static str, &'static str),
+        codes: &[(i32, &'static str)],
+    ) -> Arc<Self> {
+        let reg = metrics::global();
+        let hist = |code: &str| {
+            reg.histogram(metric, help, vec![(key, who.into()), ("code", code.into())])
+        };
+        Arc::new(Self {
+            client: who,
+            by_code: codes.iter().map(|&(c, name)| (c, hist(name))).collect(),
+            other: hist("other"),
+            failed: reg.counter(fail_metric, fail_help, vec![(key, who.into())]),
         })
     }
 
+    /// Records one call of request `code` that took `elapsed`.
     #[inline]
-    fn record(&self, code: i32, elapsed: Duration) {
+    pub fn record(&self, code: i32, elapsed: Duration) {
         let h = self
             .by_code
             .iter()
             .find(|(c, _)| *c == code)
             .map_or(&self.other, |(_, h)| h);
         h.record(elapsed);
+    }
+
+    /// Counts one call that got no response.
+    pub fn record_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -257,9 +293,7 @@ impl<T: Transport> Client<T> {
         if let Some(m) = &self.inner.config.metrics {
             match &result {
                 Ok(_) => m.record(code, started.elapsed()),
-                Err(_) => {
-                    m.failed.fetch_add(1, Ordering::Relaxed);
-                }
+                Err(_) => m.record_failure(),
             }
         }
         result

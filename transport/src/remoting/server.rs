@@ -17,6 +17,7 @@ use crate::endpoint::Endpoint;
 use crate::error::TransportError;
 use crate::link::{Link, LinkTx, Listener, Transport};
 use crate::protocol::response_code;
+use crate::remoting::CallMetrics;
 
 /// Clients newer than this (RocketMQ V5_3_1) understand `GO_AWAY` during a graceful drain.
 const GO_AWAY_MIN_VERSION: i32 = 476;
@@ -112,6 +113,8 @@ pub struct ServerConfig {
     /// Requests of one connection handled concurrently; more wait (and the reader stops
     /// reading once the incoming queue is full).
     pub max_inflight_per_connection: usize,
+    /// Where service times per request code are recorded, if anywhere.
+    pub metrics: Option<Arc<CallMetrics>>,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +122,7 @@ impl Default for ServerConfig {
         Self {
             connection: ConnectionConfig::default(),
             max_inflight_per_connection: 4096,
+            metrics: None,
         }
     }
 }
@@ -262,6 +266,16 @@ async fn accept_loop<L: Listener>(
     connections.abort_all();
 }
 
+fn observe(metrics: &Option<Arc<CallMetrics>>, code: i32, arrived: std::time::Instant, sent: bool) {
+    if let Some(m) = metrics {
+        if sent {
+            m.record(code, arrived.elapsed());
+        } else {
+            m.record_failure();
+        }
+    }
+}
+
 async fn serve_connection<K: Link>(
     link: K,
     router: Arc<Router>,
@@ -284,6 +298,8 @@ async fn serve_connection<K: Link>(
     let permits = Arc::new(Semaphore::new(config.max_inflight_per_connection.max(1)));
     let mut handlers = JoinSet::new();
     while let Some(IncomingRequest { command, responder }) = incoming.next().await {
+        let arrived = std::time::Instant::now();
+        let code = command.code;
         if draining.load(Ordering::Relaxed) {
             let refusal = if command.version >= GO_AWAY_MIN_VERSION {
                 RemotingCommand::response(response_code::GO_AWAY, Some("please go away".into()))
@@ -316,13 +332,16 @@ async fn serve_connection<K: Link>(
         .await;
         match ready {
             Some(response) => {
-                let _ = responder.respond(response).await;
+                let sent = responder.respond(response).await;
+                observe(&config.metrics, code, arrived, sent.is_ok());
                 drop(permit);
             }
             None => {
+                let metrics = config.metrics.clone();
                 handlers.spawn(async move {
                     let response = handler.await;
-                    let _ = responder.respond(response).await;
+                    let sent = responder.respond(response).await;
+                    observe(&metrics, code, arrived, sent.is_ok());
                     drop(permit);
                 });
             }
