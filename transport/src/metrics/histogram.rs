@@ -206,16 +206,22 @@ mod tests {
 
     #[test]
     fn buckets_cover_values_within_their_precision() {
-        let mut last = 0;
-        for v in (0..5000u64).chain((0..40).map(|s| (1u64 << s) * 3 / 2)) {
+        let check = |v: u64| {
             let i = index(v);
             let (low, width) = bounds(i);
             assert!(low <= v && v < low + width, "{v} outside bucket {i}");
             assert!(width == 1 || (width as f64) / (low as f64) <= 1.0 / 128.0 + 1e-9);
-            if v < 5000 {
-                assert!(i >= last, "buckets not monotonic at {v}");
-                last = i;
-            }
+            i
+        };
+        let mut last = 0;
+        for v in 0..5000u64 {
+            let i = check(v);
+            assert!(i >= last, "buckets not monotonic at {v}");
+            last = i;
+        }
+        for s in 0..40 {
+            check((1u64 << s) * 3 / 2);
+            check((1u64 << s).saturating_sub(1));
         }
         assert_eq!(index(u64::MAX), BUCKETS - 1);
     }
