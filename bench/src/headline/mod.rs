@@ -94,8 +94,12 @@ impl Options {
 
 /// The label of figures over `transport` here: TCP loopback and rdma-sim are measured on this
 /// machine (rdma-sim's NIC work is simulated and reported apart); `rdma` is emulated on SoftRoCE
-/// (`rxe` devices) and hardware otherwise.
+/// (`rxe` devices) and hardware otherwise; everything is emulated inside the SoftRoCE qemu guest.
 pub fn label(transport: &str) -> &'static str {
+    // Inside scripts/softroce-vm.sh's qemu guest every figure is of an emulated machine.
+    if std::env::var_os("SOFTROCE_GUEST").is_some() {
+        return "emulated (qemu guest): not a performance result";
+    }
     match transport {
         "rdma-sim" => "measured, simulated NIC",
         "rdma" if rdma_device().is_some_and(|d| d.starts_with("rxe")) => "emulated (SoftRoCE)",
