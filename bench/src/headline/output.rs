@@ -269,6 +269,12 @@ pub fn headlines(rows: &[Row]) -> Vec<Headline> {
                     o.hop_mean_us.median,
                     REFERENCE[2].1,
                 ),
+                ratio(
+                    "proxy→broker send RT p50",
+                    tcp.hop_p50_us.median,
+                    o.hop_p50_us.median,
+                    REFERENCE[2].1,
+                ),
             ],
             with_nic: vec![
                 ratio(
