@@ -39,6 +39,8 @@ if [ -z "${RDMQ_SKIP_LINT:-}" ]; then
   cargo fmt --all -- --check
   log "cargo clippy --all-targets -- -D warnings"
   cargo clippy --workspace --all-targets --quiet -- -D warnings
+  log "cargo clippy -p rdmq-proxy --no-default-features (the stateless proxy build)"
+  cargo clippy -p rdmq-proxy --no-default-features --all-targets --quiet -- -D warnings
 fi
 
 # --- real clients for the compatibility tests ------------------------------------------------
@@ -61,6 +63,17 @@ cargo test --workspace
 # rates for a second each (about 15 s); fails if any operation fails. Not a result.
 log "headline smoke (rdmq-bench headline --smoke)"
 cargo run -q -p rdmq-bench -- headline --smoke --out "${CARGO_TARGET_DIR:-target}/headline-smoke"
+
+# --- the stateless proxy: no embedded broker, no rdma-sim, no ibverbs --------------------------
+# Its dependency tree must hold neither the broker (store) nor the simulator, and it must serve
+# clients against a separately started rdmq-broker (tests/standalone.rs). This replaces
+# target/debug/rdmq-proxy with the minimal build, so it runs after the suites that use it.
+log "stateless proxy build (cargo test -p rdmq-proxy --no-default-features)"
+if cargo tree -p rdmq-proxy --no-default-features -e normal --prefix none | grep -E '^(rdmq-broker|rdma-sim|sideway) '; then
+  echo "the proxy without default features still depends on the crates above" >&2
+  exit 1
+fi
+cargo test -q -p rdmq-proxy --no-default-features
 
 # --- SoftRoCE stage: real kernel verbs --------------------------------------------------------
 # Natively where the kernel has rdma_rxe; otherwise in a qemu guest booting Debian's kernel.

@@ -407,17 +407,7 @@ impl BrokerConfig {
     }
 }
 
-/// `123`, `64K`, `16M`, `1G` (binary units).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
-        (i, 'm' | 'M') => (&s[..i], 1 << 20),
-        (i, 'g' | 'G') => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    num.trim().parse::<u64>().ok()?.checked_mul(mult)
-}
+pub use rdmq_protocol::parse_size;
 
 #[cfg(test)]
 mod tests {

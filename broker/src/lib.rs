@@ -6,7 +6,8 @@
 pub mod config;
 pub mod filter;
 pub mod handlers;
-pub mod message;
+/// The stored-message record and properties (owned by `rdmq-protocol`, shared with the proxy).
+pub use rdmq_protocol::message;
 pub mod pop;
 pub mod serve;
 pub mod store;

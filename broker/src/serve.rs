@@ -146,59 +146,7 @@ fn default_advertise<L: rdmq_transport::Listener>(listeners: &[L]) -> String {
     Endpoint { host, ..ep }.authority()
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); for the binaries.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// Runs `main` on a multi-threaded runtime; an error is printed as `<program>: <error>` and
-/// becomes a failing exit status.
-pub fn run_main(
-    program: &str,
-    main: impl std::future::Future<Output = Result<(), String>>,
-) -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{program}: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(main) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{program}: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// Serves this process's metrics on `addr` when one is configured, with the simulated NIC's
-/// counters, and prints `metrics http://<addr>/metrics` to stdout. Drop the server to stop it.
-pub async fn start_metrics(
-    addr: Option<&str>,
-) -> Result<Option<rdmq_transport::metrics::http::MetricsServer>, String> {
-    let Some(addr) = addr else {
-        return Ok(None);
-    };
-    rdmq_transport::rdma::sim::register_nic_metrics();
-    let server = rdmq_transport::metrics::http::serve(addr, rdmq_transport::metrics::global())
-        .await
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "metrics http://{}/metrics", server.local_addr());
-    let _ = out.flush();
-    Ok(Some(server))
-}
+pub use rdmq_transport::process::{init_logging, run_main, start_metrics, wait_for_signal};
 
 /// The `rdmq-broker` program; `args` without the program name. On start it prints one line
 /// per endpoint, `listening <url>`, to stdout (tests and scripts read the real ports from
@@ -218,7 +166,9 @@ pub fn broker_main(args: Vec<String>) -> std::process::ExitCode {
     };
     run_main("rdmq-broker", async move {
         let running = RunningBroker::start(&cfg, AnyTransport::default()).await?;
-        let _metrics = start_metrics(cfg.metrics_listen.as_deref()).await?;
+        let _metrics = start_metrics(cfg.metrics_listen.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
         {
             let mut out = std::io::stdout().lock();
             for ep in running.endpoints() {
@@ -230,23 +180,6 @@ pub fn broker_main(args: Vec<String>) -> std::process::ExitCode {
         tracing::info!("draining");
         running.shutdown().await?;
         tracing::info!("stopped");
-        Ok(())
+        Ok::<(), String>(())
     })
-}
-
-/// Waits for SIGTERM or Ctrl-C.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the process");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+#[cfg(feature = "embedded")]
 use rdmq_broker::config::BrokerConfig;
 use serde::Deserialize;
 
@@ -30,7 +31,9 @@ pub struct ProxyConfig {
     /// Sends and receives in progress at once (long polls included); more get
     /// TOO_MANY_REQUESTS.
     pub max_in_flight: usize,
-    /// Run a broker in this process and forward to it over its first listener.
+    /// Run a broker in this process and forward to it over its first listener (feature
+    /// `embedded`).
+    #[cfg(feature = "embedded")]
     pub embedded_broker: Option<BrokerConfig>,
     /// Serve Prometheus metrics on this `host:port` (`/metrics`); off when unset.
     pub metrics_listen: Option<String>,
@@ -51,6 +54,7 @@ impl Default for ProxyConfig {
             // Below the long-poll connections' request permits (2 × 4,096), so polls never
             // wait for a permit on the broker connection.
             max_in_flight: 8_000,
+            #[cfg(feature = "embedded")]
             embedded_broker: None,
             metrics_listen: None,
         }
@@ -89,7 +93,9 @@ impl ProxyConfig {
     /// Parses TOML text. An `[embedded_broker]` section starts from the embedded defaults
     /// (loopback listener on a free port, no topic auto-creation), not a standalone broker's.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        #[allow(unused_mut)]
         let mut cfg: Self = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        #[cfg(feature = "embedded")]
         if let Some(b) = cfg.embedded_broker.as_mut() {
             let table: toml::Table = text.parse().map_err(|e| ConfigError(format!("{e}")))?;
             let given = |k: &str| {
@@ -146,9 +152,8 @@ impl ProxyConfig {
                 "--advertise" => cfg.advertise = Some(value.clone()),
                 "--metrics-listen" => cfg.metrics_listen = Some(value.clone()),
                 "--max-body-size" => {
-                    cfg.max_body_size = rdmq_broker::config::parse_size(value)
-                        .ok_or_else(|| bad("not a size"))?
-                        as usize
+                    cfg.max_body_size =
+                        rdmq_protocol::parse_size(value).ok_or_else(|| bad("not a size"))? as usize
                 }
                 "--call-timeout-ms" => {
                     cfg.call_timeout_ms = value.parse().map_err(|_| bad("not a number"))?
@@ -173,6 +178,13 @@ impl ProxyConfig {
         if !brokers.is_empty() {
             cfg.brokers = brokers;
         }
+        #[cfg(not(feature = "embedded"))]
+        if embedded || !broker_args.is_empty() {
+            return Err(ConfigError(
+                "this rdmq-proxy was built without the embedded broker (cargo feature `embedded`): start an rdmq-broker and give --broker URL".into(),
+            ));
+        }
+        #[cfg(feature = "embedded")]
         if embedded || !broker_args.is_empty() {
             if !embedded && cfg.embedded_broker.is_none() {
                 return Err(ConfigError(
@@ -188,7 +200,11 @@ impl ProxyConfig {
 
     /// Checks the values.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.brokers.is_empty() && self.embedded_broker.is_none() {
+        #[cfg(feature = "embedded")]
+        let embedded = self.embedded_broker.is_some();
+        #[cfg(not(feature = "embedded"))]
+        let embedded = false;
+        if self.brokers.is_empty() && !embedded {
             return Err(ConfigError(
                 "no broker: give --broker URL or --embedded-broker".into(),
             ));
@@ -208,6 +224,7 @@ impl ProxyConfig {
                 "max_body_size must be between 1 byte and 64 MiB".into(),
             ));
         }
+        #[cfg(feature = "embedded")]
         if let Some(b) = &self.embedded_broker
             && b.max_body < self.max_body_size
         {
@@ -221,6 +238,7 @@ impl ProxyConfig {
 }
 
 /// The embedded broker's defaults: loopback TCP on a free port, topics only as configured.
+#[cfg(feature = "embedded")]
 pub fn embedded_defaults() -> BrokerConfig {
     BrokerConfig {
         listen: vec!["tcp://127.0.0.1:0".into()],
@@ -229,6 +247,7 @@ pub fn embedded_defaults() -> BrokerConfig {
     }
 }
 
+#[cfg(feature = "embedded")]
 fn apply_broker_flags(base: BrokerConfig, flags: &[String]) -> Result<BrokerConfig, ConfigError> {
     // Reuse the broker's own flag parsing on top of `base`.
     let mut cfg = base;
@@ -266,6 +285,7 @@ mod tests {
         s.split_whitespace().map(str::to_owned).collect()
     }
 
+    #[cfg(feature = "embedded")]
     #[test]
     fn flags_configure_brokers_and_the_embedded_broker() {
         let c = ProxyConfig::from_args(&args(
@@ -301,6 +321,12 @@ mod tests {
             let e = ProxyConfig::from_args(&args(bad)).unwrap_err();
             assert!(!e.0.is_empty(), "{bad}");
         }
+        assert!(ProxyConfig::from_toml("nope = 1").is_err());
+    }
+
+    #[cfg(feature = "embedded")]
+    #[test]
+    fn a_toml_embedded_broker_starts_from_the_embedded_defaults() {
         let toml = "listen = \"127.0.0.1:8081\"\nbrokers = [\"tcp://127.0.0.1:10911\"]\n[embedded_broker]\ntopics = [{ name = \"t\", queues = 2 }]\n";
         let c = ProxyConfig::from_toml(toml).unwrap();
         let b = c.embedded_broker.unwrap();
@@ -311,6 +337,19 @@ mod tests {
             "embedded defaults"
         );
         assert!(!b.auto_create_topics);
-        assert!(ProxyConfig::from_toml("nope = 1").is_err());
+    }
+
+    #[cfg(not(feature = "embedded"))]
+    #[test]
+    fn without_the_embedded_feature_its_flags_are_refused() {
+        for a in ["--embedded-broker", "--broker tcp://h:1 --topic t"] {
+            let e = ProxyConfig::from_args(&args(a)).unwrap_err();
+            assert!(e.0.contains("feature `embedded`"), "{a}: {e}");
+        }
+        assert!(
+            ProxyConfig::from_args(&args("--broker tcp://h:1"))
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use prost_types::{Duration as PbDuration, Timestamp};
-use rdmq_broker::message::{self, Properties, StoredMessage, prop};
+use rdmq_protocol::message::{self, Properties, StoredMessage, prop};
 
 use crate::cluster::Outgoing;
 use crate::error::{ProxyError, ProxyResult};

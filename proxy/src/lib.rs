@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "embedded")]
 use rdmq_broker::serve::RunningBroker;
 use rdmq_transport::{AnyTransport, Endpoint};
 use tokio::sync::watch;
@@ -32,7 +33,7 @@ use crate::pb::messaging_service_server::MessagingServiceServer;
 /// `listening grpc://<addr>`, `broker <url>` per broker and, with `--metrics-listen`,
 /// `metrics http://<addr>/metrics` on start.
 pub fn proxy_main(args: Vec<String>) -> std::process::ExitCode {
-    use rdmq_broker::serve;
+    use rdmq_transport::process as serve;
     use std::io::Write;
     serve::init_logging();
     let cfg = match ProxyConfig::from_args(&args) {
@@ -49,7 +50,9 @@ pub fn proxy_main(args: Vec<String>) -> std::process::ExitCode {
     serve::run_main("rdmq-proxy", async move {
         let metrics_listen = cfg.metrics_listen.clone();
         let proxy = RunningProxy::start(cfg).await?;
-        let _metrics = serve::start_metrics(metrics_listen.as_deref()).await?;
+        let _metrics = serve::start_metrics(metrics_listen.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
         {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening grpc://{}", proxy.grpc_addr());
@@ -62,7 +65,7 @@ pub fn proxy_main(args: Vec<String>) -> std::process::ExitCode {
         tracing::info!("draining");
         proxy.shutdown().await?;
         tracing::info!("stopped");
-        Ok(())
+        Ok::<(), String>(())
     })
 }
 
@@ -70,6 +73,7 @@ pub fn proxy_main(args: Vec<String>) -> std::process::ExitCode {
 #[derive(Debug)]
 pub struct RunningProxy {
     addr: SocketAddr,
+    #[cfg(feature = "embedded")]
     broker: Option<RunningBroker>,
     cluster: Arc<Cluster>,
     service: MessagingProxy,
@@ -82,11 +86,13 @@ impl RunningProxy {
     /// Starts the embedded broker (if any), then serves gRPC on `cfg.listen`.
     pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy, String> {
         let transport = AnyTransport::default();
+        #[allow(unused_mut)]
         let mut seeds: Vec<Endpoint> = cfg
             .brokers
             .iter()
             .map(|b| b.parse().map_err(|e| format!("broker {b}: {e}")))
             .collect::<Result<_, _>>()?;
+        #[cfg(feature = "embedded")]
         let broker = match &cfg.embedded_broker {
             Some(bcfg) => {
                 let b = RunningBroker::start(bcfg, transport.clone()).await?;
@@ -152,6 +158,7 @@ impl RunningProxy {
         tracing::info!(grpc = %addr, brokers = ?cluster.seeds().iter().map(|e| e.to_string()).collect::<Vec<_>>(), "proxy ready");
         Ok(RunningProxy {
             addr,
+            #[cfg(feature = "embedded")]
             broker,
             cluster,
             service,
@@ -167,6 +174,7 @@ impl RunningProxy {
     }
 
     /// The embedded broker, if any.
+    #[cfg(feature = "embedded")]
     pub fn embedded_broker(&self) -> Option<&RunningBroker> {
         self.broker.as_ref()
     }
@@ -196,6 +204,7 @@ impl RunningProxy {
             }
         }
         self.cluster.close().await;
+        #[cfg(feature = "embedded")]
         if let Some(b) = self.broker {
             b.shutdown().await?;
         }

@@ -272,7 +272,7 @@ async fn bad_input_gets_documented_codes_and_the_proxy_keeps_serving() {
                 let mut m = message("t", "a", "T", body(0, 5));
                 m.system_properties.as_mut().unwrap().delivery_timestamp =
                     Some(rdmq_proxy::convert::timestamp(
-                        rdmq_broker::store::now_ms() + 100 * 24 * 3600 * 1000,
+                        rdmq_protocol::now_ms() + 100 * 24 * 3600 * 1000,
                     ));
                 m
             },

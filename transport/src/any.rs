@@ -7,11 +7,15 @@ use crate::codec::FrameWrite;
 use crate::endpoint::{Endpoint, Scheme};
 use crate::error::TransportError;
 use crate::link::{FrameBuf, Link, LinkInfo, LinkRx, LinkTx, Listener, Transport};
+use crate::rdma::RdmaConfig;
 #[cfg(feature = "ibverbs")]
 use crate::rdma::ibverbs::{IbOpener, IbQp};
+#[cfg(feature = "sim")]
 use crate::rdma::sim::{SimOpener, SimQp};
+#[cfg(any(feature = "sim", feature = "ibverbs"))]
 use crate::rdma::transport::{RdmaLinkBuf, RdmaLinkRx, RdmaLinkTx};
-use crate::rdma::{RdmaConfig, RdmaLink, RdmaListener, RdmaTransport};
+#[cfg(any(feature = "sim", feature = "ibverbs"))]
+use crate::rdma::{RdmaLink, RdmaListener, RdmaTransport};
 use crate::tcp::{TcpBuf, TcpLink, TcpListener, TcpRx, TcpTransport, TcpTx};
 
 /// Dispatches on the endpoint's scheme.
@@ -20,6 +24,7 @@ pub struct AnyTransport {
     /// The TCP backend (also the bootstrap and fallback of the RDMA backends).
     pub tcp: TcpTransport,
     /// RDMA over the rdma-sim simulated NIC (`rdma-sim://`).
+    #[cfg(feature = "sim")]
     pub sim: RdmaTransport<SimOpener>,
     /// RDMA over real devices (`rdma://`).
     #[cfg(feature = "ibverbs")]
@@ -34,10 +39,15 @@ impl Default for AnyTransport {
 
 impl AnyTransport {
     /// Every backend, with the given TCP and RDMA settings.
+    #[cfg_attr(
+        not(any(feature = "sim", feature = "ibverbs")),
+        allow(unused_variables)
+    )]
     pub fn new(tcp: TcpTransport, rdma: RdmaConfig) -> Self {
         Self {
             #[cfg(feature = "ibverbs")]
             rdma: RdmaTransport::new(IbOpener, tcp.clone(), rdma.clone()),
+            #[cfg(feature = "sim")]
             sim: RdmaTransport::new(SimOpener::default(), tcp.clone(), rdma),
             tcp,
         }
@@ -45,11 +55,15 @@ impl AnyTransport {
 }
 
 impl AnyTransport {
-    #[cfg(not(feature = "ibverbs"))]
+    #[cfg(not(all(feature = "ibverbs", feature = "sim")))]
     fn unsupported(scheme: Scheme) -> TransportError {
+        let feature = match scheme {
+            Scheme::RdmaSim => "sim",
+            _ => "ibverbs",
+        };
         TransportError::Unsupported {
             scheme: scheme.as_str(),
-            reason: "this build was made without the `ibverbs` feature".into(),
+            reason: format!("this build was made without the `{feature}` feature"),
         }
     }
 }
@@ -60,6 +74,7 @@ pub enum AnyLink {
     /// TCP.
     Tcp(TcpLink),
     /// rdma-sim (or TCP after a fallback).
+    #[cfg(feature = "sim")]
     Sim(RdmaLink<SimQp>),
     /// Real RDMA (or TCP after a fallback).
     #[cfg(feature = "ibverbs")]
@@ -72,6 +87,7 @@ pub enum AnyTx {
     /// TCP.
     Tcp(TcpTx),
     /// rdma-sim.
+    #[cfg(feature = "sim")]
     Sim(RdmaLinkTx<SimQp>),
     /// Real RDMA.
     #[cfg(feature = "ibverbs")]
@@ -84,6 +100,7 @@ pub enum AnyRx {
     /// TCP.
     Tcp(TcpRx),
     /// rdma-sim.
+    #[cfg(feature = "sim")]
     Sim(RdmaLinkRx<SimQp>),
     /// Real RDMA.
     #[cfg(feature = "ibverbs")]
@@ -96,6 +113,7 @@ pub enum AnyBuf {
     /// TCP.
     Tcp(TcpBuf),
     /// rdma-sim.
+    #[cfg(feature = "sim")]
     Sim(RdmaLinkBuf),
     /// Real RDMA.
     #[cfg(feature = "ibverbs")]
@@ -108,6 +126,7 @@ pub enum AnyListener {
     /// TCP.
     Tcp(TcpListener),
     /// rdma-sim.
+    #[cfg(feature = "sim")]
     Sim(RdmaListener<SimQp>),
     /// Real RDMA.
     #[cfg(feature = "ibverbs")]
@@ -118,6 +137,7 @@ impl FrameWrite for AnyBuf {
     fn put_slice(&mut self, src: &[u8]) {
         match self {
             AnyBuf::Tcp(b) => b.put_slice(src),
+            #[cfg(feature = "sim")]
             AnyBuf::Sim(b) => b.put_slice(src),
             #[cfg(feature = "ibverbs")]
             AnyBuf::Rdma(b) => b.put_slice(src),
@@ -126,6 +146,7 @@ impl FrameWrite for AnyBuf {
     fn put_bytes(&mut self, src: Bytes) {
         match self {
             AnyBuf::Tcp(b) => b.put_bytes(src),
+            #[cfg(feature = "sim")]
             AnyBuf::Sim(b) => b.put_bytes(src),
             #[cfg(feature = "ibverbs")]
             AnyBuf::Rdma(b) => b.put_bytes(src),
@@ -141,6 +162,7 @@ impl LinkTx for AnyTx {
     async fn reserve(&self, frame_len: usize) -> Result<AnyBuf, TransportError> {
         match self {
             AnyTx::Tcp(t) => t.reserve(frame_len).await.map(AnyBuf::Tcp),
+            #[cfg(feature = "sim")]
             AnyTx::Sim(t) => t.reserve(frame_len).await.map(AnyBuf::Sim),
             #[cfg(feature = "ibverbs")]
             AnyTx::Rdma(t) => t.reserve(frame_len).await.map(AnyBuf::Rdma),
@@ -150,9 +172,11 @@ impl LinkTx for AnyTx {
     fn send(&self, buf: AnyBuf) -> Result<(), TransportError> {
         match (self, buf) {
             (AnyTx::Tcp(t), AnyBuf::Tcp(b)) => t.send(b),
+            #[cfg(feature = "sim")]
             (AnyTx::Sim(t), AnyBuf::Sim(b)) => t.send(b),
             #[cfg(feature = "ibverbs")]
             (AnyTx::Rdma(t), AnyBuf::Rdma(b)) => t.send(b),
+            #[allow(unreachable_patterns)]
             _ => Err(TransportError::Closed),
         }
     }
@@ -160,6 +184,7 @@ impl LinkTx for AnyTx {
     async fn close(&self) {
         match self {
             AnyTx::Tcp(t) => t.close().await,
+            #[cfg(feature = "sim")]
             AnyTx::Sim(t) => t.close().await,
             #[cfg(feature = "ibverbs")]
             AnyTx::Rdma(t) => t.close().await,
@@ -169,6 +194,7 @@ impl LinkTx for AnyTx {
     fn abort(&self, reason: TransportError) {
         match self {
             AnyTx::Tcp(t) => t.abort(reason),
+            #[cfg(feature = "sim")]
             AnyTx::Sim(t) => t.abort(reason),
             #[cfg(feature = "ibverbs")]
             AnyTx::Rdma(t) => t.abort(reason),
@@ -180,6 +206,7 @@ impl LinkRx for AnyRx {
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         match self {
             AnyRx::Tcp(r) => r.recv().await,
+            #[cfg(feature = "sim")]
             AnyRx::Sim(r) => r.recv().await,
             #[cfg(feature = "ibverbs")]
             AnyRx::Rdma(r) => r.recv().await,
@@ -194,6 +221,7 @@ impl Link for AnyLink {
     fn info(&self) -> &LinkInfo {
         match self {
             AnyLink::Tcp(l) => l.info(),
+            #[cfg(feature = "sim")]
             AnyLink::Sim(l) => l.info(),
             #[cfg(feature = "ibverbs")]
             AnyLink::Rdma(l) => l.info(),
@@ -206,6 +234,7 @@ impl Link for AnyLink {
                 let (t, r, i) = l.split();
                 (AnyTx::Tcp(t), AnyRx::Tcp(r), i)
             }
+            #[cfg(feature = "sim")]
             AnyLink::Sim(l) => {
                 let (t, r, i) = l.split();
                 (AnyTx::Sim(t), AnyRx::Sim(r), i)
@@ -225,6 +254,7 @@ impl Listener for AnyListener {
     async fn accept(&mut self) -> Result<AnyLink, TransportError> {
         match self {
             AnyListener::Tcp(l) => l.accept().await.map(AnyLink::Tcp),
+            #[cfg(feature = "sim")]
             AnyListener::Sim(l) => l.accept().await.map(AnyLink::Sim),
             #[cfg(feature = "ibverbs")]
             AnyListener::Rdma(l) => l.accept().await.map(AnyLink::Rdma),
@@ -234,6 +264,7 @@ impl Listener for AnyListener {
     fn local_endpoint(&self) -> Endpoint {
         match self {
             AnyListener::Tcp(l) => l.local_endpoint(),
+            #[cfg(feature = "sim")]
             AnyListener::Sim(l) => l.local_endpoint(),
             #[cfg(feature = "ibverbs")]
             AnyListener::Rdma(l) => l.local_endpoint(),
@@ -248,10 +279,11 @@ impl Transport for AnyTransport {
     async fn connect(&self, endpoint: &Endpoint) -> Result<AnyLink, TransportError> {
         match endpoint.scheme {
             Scheme::Tcp => self.tcp.connect(endpoint).await.map(AnyLink::Tcp),
+            #[cfg(feature = "sim")]
             Scheme::RdmaSim => self.sim.connect(endpoint).await.map(AnyLink::Sim),
             #[cfg(feature = "ibverbs")]
             Scheme::Rdma => self.rdma.connect(endpoint).await.map(AnyLink::Rdma),
-            #[cfg(not(feature = "ibverbs"))]
+            #[cfg(not(all(feature = "ibverbs", feature = "sim")))]
             other => Err(Self::unsupported(other)),
         }
     }
@@ -259,10 +291,11 @@ impl Transport for AnyTransport {
     async fn bind(&self, endpoint: &Endpoint) -> Result<AnyListener, TransportError> {
         match endpoint.scheme {
             Scheme::Tcp => self.tcp.bind(endpoint).await.map(AnyListener::Tcp),
+            #[cfg(feature = "sim")]
             Scheme::RdmaSim => self.sim.bind(endpoint).await.map(AnyListener::Sim),
             #[cfg(feature = "ibverbs")]
             Scheme::Rdma => self.rdma.bind(endpoint).await.map(AnyListener::Rdma),
-            #[cfg(not(feature = "ibverbs"))]
+            #[cfg(not(all(feature = "ibverbs", feature = "sim")))]
             other => Err(Self::unsupported(other)),
         }
     }

@@ -9,6 +9,7 @@
 //! - [`connection`]: calls multiplexed by opaque over any link.
 //! - [`remoting`]: Client (pools, backoff) and Server (dispatch by code).
 //! - [`metrics`]: the process's counters and histograms and their Prometheus endpoint.
+//! - `process` (feature `process`): the binaries' logging, runtime, signals and metrics start.
 
 pub mod any;
 pub mod codec;
@@ -18,6 +19,8 @@ pub mod endpoint;
 pub mod error;
 pub mod link;
 pub mod metrics;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod protocol;
 pub mod rdma;
 pub mod remoting;

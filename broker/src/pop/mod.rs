@@ -17,7 +17,7 @@
 //! - **New groups** start per [`InitialOffset`].
 
 mod deliver;
-pub mod handle;
+pub use rdmq_protocol::handle;
 pub mod record;
 mod revive;
 pub mod state;
@@ -40,7 +40,7 @@ use record::{PopRecord, QueueKey, ReviveOutcome};
 use state::{PopState, QueueState, Snapshot};
 
 /// The system topic holding the pop log.
-pub const POP_LOG_TOPIC: &str = "rmq_sys_POP_LOG";
+pub use rdmq_protocol::POP_LOG_TOPIC;
 
 /// The retry topic of `group` for `topic`.
 pub fn retry_topic(group: &str, topic: &str) -> String {

@@ -827,13 +827,7 @@ pub(crate) fn store_timestamp(record: &[u8]) -> i64 {
     i64::from_be_bytes(record[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use rdmq_protocol::now_ms;
 
 /// Topic names: 1–255 characters of `[A-Za-z0-9_%|-]`.
 pub fn validate_topic_name(name: &str) -> Result<(), StoreError> {

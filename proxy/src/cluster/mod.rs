@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rdmq_broker::message::{self, StoredMessage};
-use rdmq_broker::pop::ReceiptHandle;
+use rdmq_protocol::ReceiptHandle;
+use rdmq_protocol::message::{self, StoredMessage};
 use rdmq_transport::protocol::{request_code, response_code as rc};
 use rdmq_transport::remoting::{CallMetrics, Client, ClientConfig};
 use rdmq_transport::{AnyTransport, Endpoint, RemotingCommand, TransportError};
@@ -484,7 +484,7 @@ impl Cluster {
             .with_field("maxMsgNums", args.max.to_string())
             .with_field("invisibleTime", args.invisible.as_millis().to_string())
             .with_field("pollTime", poll.as_millis().to_string())
-            .with_field("bornTime", rdmq_broker::store::now_ms().to_string())
+            .with_field("bornTime", rdmq_protocol::now_ms().to_string())
             .with_field("initMode", "0")
             .with_field("expType", "TAG")
             .with_field("exp", &args.filter)
@@ -524,7 +524,7 @@ impl Cluster {
         let h = ReceiptHandle::parse(handle)
             .map_err(|e| ProxyError::new(Code::InvalidReceiptHandle, e.to_string()))?;
         if self.endpoint_of(&h.broker).is_none() {
-            let _ = self.route(rdmq_broker::pop::POP_LOG_TOPIC).await;
+            let _ = self.route(rdmq_protocol::POP_LOG_TOPIC).await;
         }
         let ep = self.endpoint_of(&h.broker).ok_or_else(|| {
             ProxyError::new(

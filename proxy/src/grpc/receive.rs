@@ -154,9 +154,9 @@ impl MessagingProxy {
                         }
                     }
                 }
-                (msgs, rdmq_broker::store::now_ms())
+                (msgs, rdmq_protocol::now_ms())
             }
-            None => (Vec::new(), rdmq_broker::store::now_ms()),
+            None => (Vec::new(), rdmq_protocol::now_ms()),
         })
     }
     /// The ReceiveMessage stream: status, messages, delivery timestamp.
@@ -168,7 +168,7 @@ impl MessagingProxy {
         use receive_message_response::Content;
         let r = self.receive_inner(md, req).await;
         let mut out = Vec::new();
-        let now = rdmq_broker::store::now_ms();
+        let now = rdmq_protocol::now_ms();
         match r {
             Ok((msgs, at)) if !msgs.is_empty() => {
                 out.push(Content::Status(ok_status()));

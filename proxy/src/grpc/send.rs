@@ -25,7 +25,7 @@ impl MessagingProxy {
             max_properties: 16 << 10,
             max_delay_ms: 40 * 24 * 3600 * 1000,
         };
-        let now = rdmq_broker::store::now_ms();
+        let now = rdmq_protocol::now_ms();
         let out = req
             .messages
             .iter()
