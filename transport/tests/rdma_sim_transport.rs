@@ -386,3 +386,49 @@ mod handshake_failures {
         assert_eq!(rdmq_transport::Link::info(&client).transport, "rdma-sim");
     }
 }
+
+/// A send buffer reserved and then dropped unsent gives its slot back: with 8 send slots,
+/// 24 abandoned reservations must leave the link able to send (before the fix the ninth
+/// reservation waited forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_send_buffer_returns_its_slot() {
+    use rdmq_transport::codec::FrameWrite;
+    use rdmq_transport::{Link, LinkRx, LinkTx, Listener, Transport};
+    let h = SimRdma::event();
+    let t = h.with(RdmaConfig {
+        core: CoreConfig {
+            send_slots: 8,
+            send_depth: 8 + 64,
+            ..CoreConfig::default()
+        },
+        ..RdmaConfig::default()
+    });
+    let mut listener = t.bind(&conformance::Harness::endpoint(&h)).await.unwrap();
+    let ep = listener.local_endpoint();
+    let (client, server) = tokio::join!(t.connect(&ep), listener.accept());
+    let (tx, _crx, _) = client.unwrap().split();
+    let (_stx, mut rx, _) = server.unwrap().split();
+    for round in 0..3 {
+        for _ in 0..8 {
+            let buf = tokio::time::timeout(Duration::from_secs(5), tx.reserve(64))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("round {round}: no free send slot: abandoned ones leaked")
+                })
+                .unwrap();
+            drop(buf);
+        }
+    }
+    let mut buf = tokio::time::timeout(Duration::from_secs(5), tx.reserve(5))
+        .await
+        .expect("a slot after the abandoned ones")
+        .unwrap();
+    buf.put_slice(b"hello");
+    tx.send(buf).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the frame arrives")
+        .unwrap()
+        .expect("a frame");
+    assert_eq!(&got[..], b"hello");
+}

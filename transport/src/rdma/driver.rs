@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::core::{Core, CoreError, Event, Outgoing, RecvWork, SendWork};
-use super::memory::{Slot, SlotRegion};
+use super::memory::{PostedSlot, Slot, SlotRegion};
 use super::sys::{ChannelFd, register};
 use super::verbs::{
     Payload, RecvRequest, Registration, SendOp, SendRequest, Sge, VerbsError, VerbsQp,
@@ -57,7 +57,7 @@ struct Inner<Q: VerbsQp> {
     core: Core,
     qp: Q,
     /// Send slots checked out to the application or posted to the NIC.
-    send_slots: Vec<Option<Slot>>,
+    send_slots: Vec<Option<PostedSlot>>,
     /// Received frames not yet taken by the application; the flag says the frame still holds
     /// its receive slot (it was not copied out).
     incoming: VecDeque<(Bytes, bool)>,
@@ -256,7 +256,7 @@ impl<Q: VerbsQp> Inner<Q> {
                     if let Some(data) = &w.copy_from {
                         let mut s = self.take_send_slot(sh, idx);
                         s.as_mut_slice()[..data.len()].copy_from_slice(data);
-                        self.send_slots[idx as usize] = Some(s);
+                        self.send_slots[idx as usize] = Some(s.into_posted());
                         sh.counters.copy(data.len() as u64);
                     }
                     bytes += w.len as u64;
@@ -343,7 +343,11 @@ impl<Q: VerbsQp> Inner<Q> {
 
     /// Checks out send slot `idx` afresh (a previous owner — the NIC — is done with it).
     fn take_send_slot(&mut self, sh: &Shared<Q>, idx: u32) -> Slot {
-        drop(self.send_slots[idx as usize].take());
+        drop(
+            self.send_slots[idx as usize]
+                .take()
+                .map(PostedSlot::into_slot),
+        );
         sh.send_region.checkout(idx)
     }
 
@@ -655,24 +659,70 @@ impl<Q: VerbsQp> std::fmt::Debug for RdmaTx<Q> {
 #[derive(Debug)]
 pub enum RdmaBuf {
     /// A registered send slot (frames up to one slot): the frame is encoded in place.
-    Slot {
-        /// The slot.
-        slot: Slot,
-        /// Bytes written.
-        len: usize,
-        /// Counters (copies).
-        counters: Arc<LinkCounters>,
-    },
+    Slot(SlotBuf),
     /// A large frame, chunked into send slots as they free up.
     Large(BytesMut, Arc<LinkCounters>),
+}
+
+/// Gives an unsent send slot back to its link's free list.
+trait ReturnSlot: Send + Sync {
+    fn return_send_slot(&self, idx: u32);
+}
+
+impl<Q: VerbsQp> ReturnSlot for Shared<Q> {
+    fn return_send_slot(&self, idx: u32) {
+        {
+            let mut inner = self.lock();
+            inner.core.free_send_slot(idx);
+            inner.update_gauge(self);
+        }
+        self.tx_ready.notify_waiters();
+    }
+}
+
+/// A send slot being filled. Dropped unsent, it goes back to the link's free list (else the
+/// link would lose a slot for good).
+pub struct SlotBuf {
+    slot: Option<Slot>,
+    len: usize,
+    counters: Arc<LinkCounters>,
+    home: Arc<dyn ReturnSlot>,
+}
+
+impl std::fmt::Debug for SlotBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotBuf")
+            .field("slot", &self.slot.as_ref().map(Slot::index))
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlotBuf {
+    /// Takes the slot and length out for sending (the drop then returns nothing).
+    fn take(mut self) -> (Slot, usize) {
+        (self.slot.take().expect("a slot until sent"), self.len)
+    }
+}
+
+impl Drop for SlotBuf {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let idx = slot.index();
+            drop(slot);
+            self.home.return_send_slot(idx);
+        }
+    }
 }
 
 impl FrameWrite for RdmaBuf {
     fn put_slice(&mut self, src: &[u8]) {
         match self {
-            RdmaBuf::Slot { slot, len, .. } => {
-                slot.as_mut_slice()[*len..*len + src.len()].copy_from_slice(src);
-                *len += src.len();
+            RdmaBuf::Slot(b) => {
+                let len = b.len;
+                b.slot.as_mut().expect("a slot until sent").as_mut_slice()[len..len + src.len()]
+                    .copy_from_slice(src);
+                b.len += src.len();
             }
             RdmaBuf::Large(b, _) => b.extend_from_slice(src),
         }
@@ -680,7 +730,9 @@ impl FrameWrite for RdmaBuf {
 
     fn put_bytes(&mut self, src: Bytes) {
         let counters = match self {
-            RdmaBuf::Slot { counters, .. } | RdmaBuf::Large(_, counters) => counters.clone(),
+            RdmaBuf::Slot(SlotBuf { counters, .. }) | RdmaBuf::Large(_, counters) => {
+                counters.clone()
+            }
         };
         counters.copy(src.len() as u64);
         self.put_slice(&src);
@@ -710,11 +762,12 @@ impl<Q: VerbsQp> LinkTx for RdmaTx<Q> {
                     if let Some(idx) = inner.core.alloc_send_slot() {
                         let slot = inner.take_send_slot(sh, idx);
                         inner.update_gauge(sh);
-                        return Ok(RdmaBuf::Slot {
-                            slot,
+                        return Ok(RdmaBuf::Slot(SlotBuf {
+                            slot: Some(slot),
                             len: 0,
                             counters: sh.counters.clone(),
-                        });
+                            home: self.shared.clone(),
+                        }));
                     }
                 } else if inner.core.can_queue_large(frame_len) {
                     return Ok(RdmaBuf::Large(
@@ -742,9 +795,10 @@ impl<Q: VerbsQp> LinkTx for RdmaTx<Q> {
             return Err(e.clone());
         }
         let frame = match buf {
-            RdmaBuf::Slot { slot, len, .. } => {
+            RdmaBuf::Slot(b) => {
+                let (slot, len) = b.take();
                 let idx = slot.index();
-                inner.send_slots[idx as usize] = Some(slot);
+                inner.send_slots[idx as usize] = Some(slot.into_posted());
                 Outgoing::Slot {
                     slot: idx,
                     len: len as u32,

@@ -387,7 +387,9 @@ impl VerbsQp for IbQp {
                         })
                         .collect();
                     // SAFETY: every SGE lies in memory registered through `register`, whose
-                    // arena outlives the QP's use of it (slots stay checked out while posted).
+                    // arena outlives the QP's use of it; a posted send slot is held by the
+                    // driver as a `PostedSlot` (checked out, no access to its bytes) until its
+                    // completion.
                     unsafe { local.setup_sge_list(&list) };
                 }
             }

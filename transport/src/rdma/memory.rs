@@ -22,11 +22,21 @@ enum Backing {
 }
 
 /// A block of page-aligned memory that never moves, for registration with a device.
+///
+/// Its bytes are reachable only through [`SlotRegion`]s carved from it (never overlapping) and
+/// their checked-out [`Slot`]s; there is no raw access:
+///
+/// ```compile_fail
+/// let arena = rdmq_transport::rdma::memory::Arena::new(4096);
+/// arena.write(0, b"would alias a slot lent to the NIC or the application");
+/// ```
 #[derive(Debug)]
 pub struct Arena {
     ptr: NonNull<u8>,
     len: usize,
     backing: Backing,
+    /// Byte ranges already carved into slot regions.
+    carved: Mutex<Vec<(usize, usize)>>,
 }
 
 // SAFETY: the arena exclusively owns its allocation; concurrent access to its bytes goes
@@ -47,6 +57,7 @@ impl Arena {
             ptr,
             len,
             backing: Backing::Heap,
+            carved: Mutex::new(Vec::new()),
         })
     }
 
@@ -71,6 +82,7 @@ impl Arena {
             ptr: NonNull::new(p.cast()).expect("mmap returned null"),
             len,
             backing: Backing::Mmap,
+            carved: Mutex::new(Vec::new()),
         }))
     }
 
@@ -95,29 +107,6 @@ impl Arena {
             "arena access {offset}+{len} out of bounds ({})",
             self.len
         );
-    }
-
-    /// Copies `data` to `offset`. Only for memory no slot lends out (tests, rings the
-    /// protocol has quiesced).
-    pub fn write(&self, offset: usize, data: &[u8]) {
-        self.check(offset, data.len());
-        // SAFETY: bounds checked; the caller does not race the NIC on this range.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
-        }
-    }
-
-    /// Copies bytes at `offset` into `out`. Same rule as [`Arena::write`].
-    pub fn read(&self, offset: usize, out: &mut [u8]) {
-        self.check(offset, out.len());
-        // SAFETY: bounds checked; the caller does not race the NIC on this range.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        }
     }
 }
 
@@ -152,9 +141,21 @@ pub struct SlotRegion {
 }
 
 impl SlotRegion {
-    /// Carves the slots; panics if they do not fit the arena.
+    /// Carves the slots; panics if they do not fit the arena or overlap a region carved
+    /// before (two regions over the same bytes would hand out aliasing slots).
     pub fn new(arena: Arc<Arena>, base: usize, slot_size: usize, count: usize) -> Arc<Self> {
-        arena.check(base, slot_size * count);
+        let len = slot_size * count;
+        arena.check(base, len);
+        {
+            let mut carved = arena.carved.lock().unwrap_or_else(|p| p.into_inner());
+            assert!(
+                carved
+                    .iter()
+                    .all(|&(b, l)| base + len <= b || b + l <= base),
+                "slot region {base}+{len} overlaps one carved before"
+            );
+            carved.push((base, len));
+        }
         Arc::new(Self {
             arena,
             base,
@@ -237,9 +238,10 @@ impl Slot {
     /// The whole slot, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         let r = &self.region;
-        // SAFETY: the slot lies inside the arena (checked in `SlotRegion::new`), and the
-        // check-out flag guarantees this `Slot` is its only owner; the NIC only touches slots
-        // that are posted, and a posted slot is not checked out.
+        // SAFETY: the slot lies inside the arena (checked in `SlotRegion::new`, which also
+        // refuses overlapping regions), and the check-out flag guarantees this `Slot` is its
+        // only owner. The NIC touches only posted slots: a posted receive slot is not checked
+        // out, and a posted send slot is held as a `PostedSlot`, which gives no access.
         unsafe {
             std::slice::from_raw_parts_mut(
                 r.arena
@@ -266,6 +268,12 @@ impl Slot {
         }
     }
 
+    /// Hands the slot to the NIC: a posted slot's bytes cannot be reached until it comes back
+    /// ([`PostedSlot::into_slot`], once its completion says the NIC is done).
+    pub fn into_posted(self) -> PostedSlot {
+        PostedSlot(self)
+    }
+
     /// Turns the first `len` bytes into `Bytes` without copying. When the last clone drops,
     /// the slot is checked in and its index queued in [`SlotRegion::take_returned`].
     pub fn into_bytes(self, offset: usize, len: usize) -> Bytes {
@@ -281,6 +289,24 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.region.out[self.idx as usize].store(false, Ordering::Release);
+    }
+}
+
+/// A slot lent to the NIC (a posted send): still checked out, so nobody else can take it, and
+/// with no access to its bytes while the device may read them.
+#[derive(Debug)]
+pub struct PostedSlot(Slot);
+
+impl PostedSlot {
+    /// The slot's index.
+    pub fn index(&self) -> u32 {
+        self.0.idx
+    }
+
+    /// Takes the slot back from the NIC. Call only after the work request's completion (or
+    /// the queue pair's teardown) says the device no longer reads it.
+    pub fn into_slot(self) -> Slot {
+        self.0
     }
 }
 
@@ -312,5 +338,33 @@ impl Drop for ReceivedView {
             .push(idx);
         region.returned_count.fetch_add(1, Ordering::Release);
         region.returned_notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "overlaps")]
+    fn overlapping_slot_regions_are_refused() {
+        let arena = Arena::new(4 * PAGE);
+        let _a = SlotRegion::new(arena.clone(), 0, PAGE, 2);
+        let _b = SlotRegion::new(arena, PAGE, PAGE, 2);
+    }
+
+    #[test]
+    fn a_posted_slot_stays_checked_out_until_taken_back() {
+        let arena = Arena::new(2 * PAGE);
+        let region = SlotRegion::new(arena, 0, PAGE, 2);
+        let mut slot = region.checkout(1);
+        slot.as_mut_slice()[0] = 42;
+        let posted = slot.into_posted();
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| region.checkout(1)));
+        assert!(again.is_err(), "a posted slot cannot be checked out twice");
+        let slot = posted.into_slot();
+        assert_eq!(slot.as_slice()[0], 42);
+        drop(slot);
+        assert_eq!(region.checkout(1).as_slice()[0], 42);
     }
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdmq_transport::rdma::memory::Arena;
+use rdmq_transport::rdma::memory::{Arena, SlotRegion};
 use rdmq_transport::rdma::verbs::{
     Completion, CompletionKind, Payload, QpConfig, RecvRequest, Registration, RemoteAccess,
     RemoteBuf, SendOp, SendRequest, Sge, Verbs, VerbsError, VerbsQp, WcError,
@@ -36,16 +36,43 @@ pub trait VerbsHarness {
 }
 
 pub const ARENA: usize = 64 * 1024;
+const PAGE: usize = 4096;
 
 /// One side: device, memory, queue pair.
 pub struct Side<V: Verbs> {
     pub verbs: V,
     pub arena: Arc<Arena>,
+    /// The arena as 4 KiB pages: the test's only way to its bytes (checked out while touched).
+    pub pages: Arc<SlotRegion>,
     pub reg: Registration,
     pub qp: V::Qp,
 }
 
 impl<V: Verbs> Side<V> {
+    /// Copies `data` to arena offset `offset` (across pages as needed).
+    pub fn write(&self, offset: usize, data: &[u8]) {
+        let mut done = 0;
+        while done < data.len() {
+            let (page, at) = ((offset + done) / PAGE, (offset + done) % PAGE);
+            let n = (PAGE - at).min(data.len() - done);
+            let mut slot = self.pages.checkout(page as u32);
+            slot.as_mut_slice()[at..at + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+    }
+
+    /// Copies arena bytes at `offset` into `out`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) {
+        let mut done = 0;
+        while done < out.len() {
+            let (page, at) = ((offset + done) / PAGE, (offset + done) % PAGE);
+            let n = (PAGE - at).min(out.len() - done);
+            let slot = self.pages.checkout(page as u32);
+            out[done..done + n].copy_from_slice(&slot.as_slice()[at..at + n]);
+            done += n;
+        }
+    }
+
     pub fn sge(&self, offset: usize, len: u32) -> Sge {
         Sge {
             addr: self.arena.addr() + offset as u64,
@@ -116,8 +143,10 @@ pub fn connect<V: Verbs>(a: V, b: V, ca: &QpConfig, cb: &QpConfig) -> (Side<V>, 
             .register(&arena, RemoteAccess::ReadWrite)
             .expect("register");
         let qp = v.create_qp(cfg).expect("create_qp");
+        let pages = SlotRegion::new(arena.clone(), 0, PAGE, ARENA / PAGE);
         Side {
             verbs: v,
+            pages,
             arena,
             reg,
             qp,
@@ -151,7 +180,7 @@ pub fn send_recv_ping_pong<H: VerbsHarness>(h: H) {
         a.post_recvs(round..round + 1, 4096, 1024);
         b.post_recvs(round..round + 1, 4096, 1024);
         let ping = format!("ping {round}");
-        a.arena.write(0, ping.as_bytes());
+        a.write(0, ping.as_bytes());
         a.send(
             round,
             SendOp::Send,
@@ -163,10 +192,10 @@ pub fn send_recv_ping_pong<H: VerbsHarness>(h: H) {
         ok(&got[0], CompletionKind::Recv);
         assert_eq!(got[0].byte_len as usize, ping.len());
         let mut buf = vec![0u8; ping.len()];
-        b.arena.read(4096, &mut buf);
+        b.read(4096, &mut buf);
         assert_eq!(buf, ping.as_bytes());
         let pong = format!("pong {round}");
-        b.arena.write(0, pong.as_bytes());
+        b.write(0, pong.as_bytes());
         b.send(
             round,
             SendOp::Send,
@@ -182,7 +211,7 @@ pub fn send_recv_ping_pong<H: VerbsHarness>(h: H) {
         let sent = got.iter().find(|c| c.kind == CompletionKind::Send).unwrap();
         ok(sent, CompletionKind::Send);
         let mut buf = vec![0u8; pong.len()];
-        a.arena.read(4096, &mut buf);
+        a.read(4096, &mut buf);
         assert_eq!(buf, pong.as_bytes());
         b.wait(1, secs(&h, 5)); // b's send completion
     }
@@ -191,7 +220,7 @@ pub fn send_recv_ping_pong<H: VerbsHarness>(h: H) {
 pub fn send_with_imm<H: VerbsHarness>(h: H) {
     let (mut a, mut b) = pair(&h, &QpConfig::default());
     b.post_recvs(7..8, 0, 64);
-    a.arena.write(0, b"imm!");
+    a.write(0, b"imm!");
     a.send(
         1,
         SendOp::SendImm(0xDEAD_BEEF),
@@ -215,7 +244,7 @@ pub fn write_with_imm_into_ring<H: VerbsHarness>(h: H) {
     for i in 0..64u32 {
         b.post_recvs(i as u64..i as u64 + 1, 0, 0);
         let msg: Vec<u8> = (0..SIZE).map(|j| (i as usize * 7 + j) as u8).collect();
-        a.arena.write(0, &msg);
+        a.write(0, &msg);
         let slot = (i as usize % SLOTS) * 128;
         a.send(
             i as u64,
@@ -230,7 +259,7 @@ pub fn write_with_imm_into_ring<H: VerbsHarness>(h: H) {
         ok(&got[0], CompletionKind::RecvWriteImm);
         assert_eq!((got[0].imm, got[0].byte_len), (Some(i), SIZE as u32));
         let mut buf = vec![0u8; SIZE];
-        b.arena.read(8192 + slot, &mut buf);
+        b.read(8192 + slot, &mut buf);
         assert_eq!(buf, msg, "ring slot {slot} corrupted at message {i}");
     }
 }
@@ -242,7 +271,7 @@ pub fn rdma_read<H: VerbsHarness>(h: H) {
     };
     let (mut a, b) = pair(&h, &cfg);
     let pattern: Vec<u8> = (0..4096).map(|i| (i * 13 % 251) as u8).collect();
-    b.arena.write(16384, &pattern);
+    b.write(16384, &pattern);
     a.send(
         9,
         SendOp::Read(b.remote(16384)),
@@ -254,7 +283,7 @@ pub fn rdma_read<H: VerbsHarness>(h: H) {
     ok(&got[0], CompletionKind::Read);
     assert_eq!(got[0].byte_len, 4096);
     let mut buf = vec![0u8; 4096];
-    a.arena.read(32768, &mut buf);
+    a.read(32768, &mut buf);
     assert_eq!(buf, pattern);
 }
 
@@ -268,7 +297,7 @@ pub fn inline_send_reuses_buffer_at_once<H: VerbsHarness>(h: H) {
     let got = b.wait(1, secs(&h, 5));
     ok(&got[0], CompletionKind::Recv);
     let mut buf = vec![0u8; data.len()];
-    b.arena.read(0, &mut buf);
+    b.read(0, &mut buf);
     assert_eq!(&buf, b"inline data, copied at post time");
     let too_big = vec![0u8; 4096];
     assert!(
@@ -333,7 +362,7 @@ pub fn rnr_then_success_after_late_recv<H: VerbsHarness>(h: H) {
         ..QpConfig::default()
     };
     let (mut a, mut b) = pair(&h, &cfg);
-    a.arena.write(0, b"late");
+    a.write(0, b"late");
     a.send(1, SendOp::Send, Payload::Sges(&[a.sge(0, 4)]), true)
         .unwrap();
     std::thread::sleep(Duration::from_millis(30));
