@@ -16,6 +16,9 @@ pub struct ProxyError {
     pub code: Code,
     /// What went wrong, for people.
     pub message: String,
+    /// Set when a broker could not be reached or dropped the call (the route should skip
+    /// that broker), as opposed to a broker's answer.
+    pub broker_unavailable: bool,
 }
 
 impl ProxyError {
@@ -24,6 +27,7 @@ impl ProxyError {
         Self {
             code,
             message: message.into(),
+            broker_unavailable: false,
         }
     }
 
@@ -33,7 +37,10 @@ impl ProxyError {
             TransportError::Timeout(_) => Code::ProxyTimeout,
             _ => Code::InternalServerError,
         };
-        Self::new(code, format!("broker {broker} is unavailable: {e}"))
+        Self {
+            broker_unavailable: true,
+            ..Self::new(code, format!("broker {broker} is unavailable: {e}"))
+        }
     }
 
     /// A broker's refusal (remoting response code and remark) as the client's status.
@@ -76,3 +83,23 @@ pub fn ok_status() -> Status {
 
 /// Shorthand for a `Result` with [`ProxyError`].
 pub type ProxyResult<T> = Result<T, ProxyError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailability_is_a_flag_not_a_phrase() {
+        let e = ProxyError::unavailable(
+            "b",
+            &TransportError::Timeout(std::time::Duration::from_secs(1)),
+        );
+        assert!(e.broker_unavailable);
+        assert_eq!(e.code, Code::ProxyTimeout);
+        let answer = ProxyError::from_broker("b", rc::SYSTEM_ERROR, Some("store is unavailable"));
+        assert!(
+            !answer.broker_unavailable,
+            "a broker's answer is not the broker being unreachable"
+        );
+    }
+}

@@ -13,7 +13,8 @@ pub struct LinkCounters {
     pub bytes_sent: AtomicU64,
     /// Bytes received.
     pub bytes_received: AtomicU64,
-    /// Send-side kernel crossings: `write`/`writev` syscalls for TCP, doorbells for RDMA.
+    /// Kernel crossings and doorbells made to send: `write`/`writev` syscalls for TCP; for
+    /// RDMA every doorbell the link rings, `post_recv` (re-posting receive slots) included.
     pub send_calls: AtomicU64,
     /// Receive-side kernel crossings: `read` syscalls for TCP, blocking waits for RDMA.
     pub recv_calls: AtomicU64,

@@ -20,7 +20,7 @@ impl Inner {
                         .queue(topic, queue)
                         .and_then(|q| q.entry(0))
                         .and_then(|e| self.store.read_entry(&e).ok())
-                        .map(|rec| crate::store::store_timestamp(&rec))
+                        .and_then(|rec| crate::store::store_timestamp(&rec))
                         .is_none_or(|ts| now_ms() - ts <= self.cfg.fresh_window.as_millis() as i64);
                 if fresh { min } else { max }
             }

@@ -731,7 +731,11 @@ impl Store {
             let mid = lo + (hi - lo) / 2;
             let Some(e) = q.entry(mid) else { break };
             let rec = self.read_entry(&e)?;
-            let stored = store_timestamp(&rec);
+            let stored = store_timestamp(&rec).ok_or_else(|| {
+                StoreError::Illegal(format!(
+                    "record at offset {mid} is too short for a timestamp"
+                ))
+            })?;
             if stored < ts {
                 lo = mid + 1;
             } else {
@@ -815,16 +819,18 @@ impl Drop for Shared {
     }
 }
 
-pub(crate) fn store_timestamp(record: &[u8]) -> i64 {
+/// The store timestamp of a stored record; `None` when the record is too short to hold one
+/// (a corrupt record is skipped or reported by the caller, never a panic).
+pub(crate) fn store_timestamp(record: &[u8]) -> Option<i64> {
     // totalSize 4, magic 4, bodyCRC 4, queueId 4, flag 4, queueOffset 8, physicalOffset 8,
     // sysFlag 4, bornTimestamp 8, bornHost 8 (IPv4) → storeTimestamp at 56.
-    let sys_flag = i32::from_be_bytes(record[36..40].try_into().expect("4 bytes"));
+    let sys_flag = i32::from_be_bytes(record.get(36..40)?.try_into().ok()?);
     let at = if sys_flag & message::SYSFLAG_BORN_V6 != 0 {
         68
     } else {
         56
     };
-    i64::from_be_bytes(record[at..at + 8].try_into().expect("8 bytes"))
+    Some(i64::from_be_bytes(record.get(at..at + 8)?.try_into().ok()?))
 }
 
 pub use rdmq_protocol::now_ms;
@@ -1052,5 +1058,17 @@ fn checkpoint_now(sh: &Shared) -> io::Result<()> {
 impl Shared {
     fn log_start_of(&self) -> u64 {
         self.segments.bases().first().copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_truncated_record_has_no_timestamp_instead_of_a_panic() {
+        assert_eq!(super::store_timestamp(&[0u8; 20]), None);
+        assert_eq!(super::store_timestamp(&[0u8; 60]), None);
+        let mut rec = vec![0u8; 64];
+        rec[56..64].copy_from_slice(&1234i64.to_be_bytes());
+        assert_eq!(super::store_timestamp(&rec), Some(1234));
     }
 }

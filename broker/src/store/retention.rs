@@ -87,7 +87,7 @@ pub(super) fn enforce_shared(sh: &Shared) -> Result<usize, StoreError> {
                     let Ok(rec) = sh.segments.read_record(e.phys, e.size) else {
                         break;
                     };
-                    if store_timestamp(&rec) >= cutoff {
+                    if store_timestamp(&rec).is_none_or(|ts| ts >= cutoff) {
                         break;
                     }
                     q.trim_before(first + 1);

@@ -609,8 +609,7 @@ impl Cluster {
 }
 
 fn is_unavailable(e: &ProxyError) -> bool {
-    matches!(e.code, Code::InternalServerError | Code::ProxyTimeout)
-        && e.message.contains("is unavailable")
+    e.broker_unavailable
 }
 
 /// An ack or change answer: stale, expired and foreign handles are the client's
