@@ -8,6 +8,7 @@ pub mod filter;
 pub mod handlers;
 /// The stored-message record and properties (owned by `rdmq-protocol`, shared with the proxy).
 pub use rdmq_protocol::message;
+mod poison;
 pub mod pop;
 pub mod serve;
 pub mod store;

@@ -15,6 +15,7 @@
 //!   cursor, and the commit log written since the last save is scanned for fired copies, so a
 //!   SIGKILL neither loses nor duplicates a timer.
 
+use crate::poison::OrAbort;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -331,7 +332,7 @@ impl TimerService {
     /// Stops the thread after saving progress.
     pub fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(t) = self.thread.lock().or_abort("the timer wheel").take() {
             let _ = t.join();
         }
     }
@@ -365,7 +366,7 @@ impl Wheel {
 
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Wheel> {
-        self.wheel.lock().unwrap_or_else(|p| p.into_inner())
+        self.wheel.lock().or_abort("the timer wheel")
     }
 
     /// Files consume-queue entries past the cursor (those `keep` accepts).

@@ -2,6 +2,7 @@
 //! opaque, one-way sends, incoming requests with a way to respond, per-call timeouts, graceful
 //! close and prompt failure of everything pending when the link breaks.
 
+use crate::sync::Plain;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -79,8 +80,24 @@ struct Shared<T> {
 }
 
 impl<T: LinkTx> Shared<T> {
+    /// The calls in flight. A poisoned lock (a panic mid-update) ends the connection: its
+    /// state is marked closed so no new call starts on it, and the calls still pending fail
+    /// when the link goes (their replies are dropped, which callers see as a lost connection).
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+        match self.calls.lock() {
+            Ok(g) => g,
+            Err(p) => {
+                let mut g = p.into_inner();
+                self.calls.clear_poison();
+                tracing::error!("a panic interrupted a connection's call bookkeeping; closing it");
+                g.state = State::Closed;
+                g.ended.get_or_insert(TransportError::ConnectionLost(
+                    "a panic interrupted the connection's bookkeeping".into(),
+                ));
+                g.pending.clear();
+                g
+            }
+        }
     }
 
     async fn send_command(&self, cmd: &RemotingCommand) -> Result<(), TransportError> {
@@ -248,7 +265,7 @@ impl<T: LinkTx> Connection<T> {
         });
         let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_capacity.max(1));
         let reader = tokio::spawn(read_loop(shared.clone(), rx, incoming_tx));
-        *shared.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(reader);
+        *shared.reader.lock().plain() = Some(reader);
         (
             Self {
                 handle: Arc::new(Handle { shared }),

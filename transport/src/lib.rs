@@ -25,6 +25,7 @@ pub mod protocol;
 pub mod rdma;
 pub mod remoting;
 mod signal;
+pub mod sync;
 pub mod tcp;
 
 pub use any::AnyTransport;

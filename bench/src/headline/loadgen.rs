@@ -4,6 +4,7 @@
 //! `window-start` and `window-end` as the measured window opens and closes (the runner samples
 //! the broker's and proxy's counters then), and finally `result <json>`.
 
+use rdmq_transport::sync::Plain;
 use std::io::Write;
 use std::time::Duration;
 
@@ -227,10 +228,7 @@ pub async fn run(spec: LoadSpec) -> Result<LoadResult, String> {
         let first = first_error.clone();
         move |r: Result<u64, String>| {
             if let Err(e) = &r {
-                first
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e.clone());
+                first.lock().plain().get_or_insert(e.clone());
             }
             r
         }
@@ -272,10 +270,7 @@ pub async fn run(spec: LoadSpec) -> Result<LoadResult, String> {
             ));
         }
     };
-    let first_error = first_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let first_error = first_error.lock().plain().clone();
     Ok(LoadResult {
         due_in_window: out.due_in_window,
         done_in_window: out.done_in_window,

@@ -2,6 +2,7 @@
 //! GET_CONSUMER_LIST_BY_GROUP and
 //! GET_ROUTEINFO_BY_TOPIC (so one broker also serves remoting clients directly).
 
+use crate::poison::OrAbort;
 use rdmq_transport::RemotingCommand;
 use rdmq_transport::protocol::response_code;
 use rdmq_transport::remoting::Request;
@@ -100,17 +101,14 @@ pub(super) async fn heart_beat(b: &Broker, req: Request) -> Result<RemotingComma
     };
     b.clients
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .or_abort("the client registry")
         .insert(id, info);
     Ok(ok())
 }
 
 pub(super) async fn unregister_client(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
     if let Some(id) = req.command.field("clientID") {
-        b.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        b.clients.lock().or_abort("the client registry").remove(id);
     }
     Ok(ok())
 }
@@ -125,7 +123,7 @@ pub(super) async fn consumer_list_by_group(
     let f = Fields(&req.command);
     let group = f.str("consumerGroup")?;
     let now = crate::store::now_ms();
-    let mut clients = b.clients.lock().unwrap_or_else(|p| p.into_inner());
+    let mut clients = b.clients.lock().or_abort("the client registry");
     clients.retain(|_, c| now - c.last_seen <= CLIENT_EXPIRY_MS);
     let mut ids: Vec<&String> = clients
         .iter()

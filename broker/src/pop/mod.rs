@@ -22,6 +22,7 @@ pub mod record;
 mod revive;
 pub mod state;
 
+use crate::poison::OrAbort;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -507,7 +508,7 @@ impl PopService {
     /// Saves a snapshot and stops the revive thread.
     pub fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(t) = self.thread.lock().or_abort("pop state").take() {
             let _ = t.join();
         }
     }
@@ -526,11 +527,11 @@ fn original_topic(m: &StoredMessage) -> Option<String> {
 
 impl Inner {
     fn lock_state(&self) -> MutexGuard<'_, PopState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().or_abort("pop state")
     }
 
     fn lock_groups(&self) -> MutexGuard<'_, HashMap<String, GroupConfig>> {
-        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+        self.groups.lock().or_abort("pop state")
     }
 
     fn next_seq(&self) -> u64 {

@@ -4,6 +4,7 @@
 //! RocketMQ stored-message layout. A frame never spans segments; a zero length ends a segment's
 //! data. Physical offsets are global and only grow.
 
+use crate::poison::OrAbort;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -74,7 +75,7 @@ impl Segments {
     }
 
     fn files(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<File>>> {
-        self.files.read().unwrap_or_else(|p| p.into_inner())
+        self.files.read().or_abort("the commit log segments")
     }
 
     /// Base offsets of all segments, oldest first.
@@ -92,7 +93,7 @@ impl Segments {
 
     /// Creates the segment starting at `base` (idempotent).
     pub fn create(&self, base: u64) -> io::Result<Arc<File>> {
-        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
+        let mut files = self.files.write().or_abort("the commit log segments");
         if let Some(f) = files.get(&base) {
             return Ok(f.clone());
         }
@@ -133,7 +134,7 @@ impl Segments {
     pub fn delete(&self, base: u64) -> io::Result<()> {
         self.files
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .or_abort("the commit log segments")
             .remove(&base);
         std::fs::remove_file(self.dir.join(segment_name(base)))?;
         sync_dir(&self.dir)

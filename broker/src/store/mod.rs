@@ -19,6 +19,7 @@ pub mod queue;
 mod retention;
 mod watermark;
 
+use crate::poison::OrAbort;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
@@ -386,7 +387,7 @@ impl Store {
     }
 
     fn state(&self) -> MutexGuard<'_, AppendState> {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.state.lock().or_abort("store state")
     }
 
     // ----- topics -------------------------------------------------------------------------------
@@ -396,7 +397,7 @@ impl Store {
         self.shared
             .topics
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .or_abort("store state")
             .get(name)
             .cloned()
     }
@@ -407,7 +408,7 @@ impl Store {
             .shared
             .topics
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .or_abort("store state")
             .values()
             .cloned()
             .collect();
@@ -449,7 +450,7 @@ impl Store {
                 topic.name
             )));
         }
-        let mut topics = self.shared.topics.lock().unwrap_or_else(|p| p.into_inner());
+        let mut topics = self.shared.topics.lock().or_abort("store state");
         topics.insert(topic.name.clone(), topic);
         let all: Vec<&TopicConfig> = topics.values().collect();
         meta::save_json(&self.shared.cfg.dir, TOPICS, &all)?;
@@ -557,7 +558,7 @@ impl Store {
         self.shared
             .topics
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .or_abort("store state")
             .get(topic)
             .map(TopicConfig::queues)
     }
@@ -757,7 +758,7 @@ impl Store {
         self.shared
             .offsets
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .or_abort("store state")
             .get(group)?
             .get(&meta::queue_key(topic, queue))
             .copied()
@@ -768,7 +769,7 @@ impl Store {
         self.shared
             .offsets
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .or_abort("store state")
             .entry(group.to_owned())
             .or_default()
             .insert(meta::queue_key(topic, queue), offset);
@@ -783,11 +784,7 @@ impl Store {
     pub fn shutdown(&self) {
         self.state().shutdown = true;
         self.shared.wake.notify_all();
-        let threads = self
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let threads = self.threads.lock().or_abort("store state").take();
         if let Some(t) = threads {
             // The flusher drains what is pending; then the syncer makes it durable and
             // writes the final checkpoint.
@@ -865,9 +862,9 @@ fn flush_loop(sh: Arc<Shared>) {
     let mut rolls: Vec<u64> = Vec::new();
     loop {
         let (start, shutdown) = {
-            let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = sh.state.lock().or_abort("store state");
             while st.pending.is_empty() && !st.shutdown {
-                st = sh.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = sh.wake.wait(st).or_abort("store state");
             }
             let start = st.pending_start;
             st.pending_start = st.write_pos;
@@ -883,7 +880,7 @@ fn flush_loop(sh: Arc<Shared>) {
             loop {
                 match write_batch(&sh, start, &batch, &rolls) {
                     Ok(()) => {
-                        let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut st = sh.state.lock().or_abort("store state");
                         if !st.fatal {
                             st.failure = None;
                         }
@@ -893,7 +890,7 @@ fn flush_loop(sh: Arc<Shared>) {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "commit log write failed; retrying");
-                        sh.state.lock().unwrap_or_else(|p| p.into_inner()).failure =
+                        sh.state.lock().or_abort("store state").failure =
                             Some(format!("commit log write failed: {e}"));
                         std::thread::sleep(retry_delay);
                         retry_delay = (retry_delay * 2).min(Duration::from_secs(1));
@@ -927,7 +924,7 @@ fn flush_loop(sh: Arc<Shared>) {
             sh.arrivals.send_modify(|v| *v += 1);
         }
         if shutdown {
-            let st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+            let st = sh.state.lock().or_abort("store state");
             if st.pending.is_empty() {
                 return;
             }
@@ -938,13 +935,13 @@ fn flush_loop(sh: Arc<Shared>) {
 /// Stops acknowledging for good: appends are refused and waiters time out.
 fn fatal(sh: &Shared, why: String) {
     tracing::error!(error = %why, "store stopped accepting writes; restart the broker to recover");
-    let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut st = sh.state.lock().or_abort("store state");
     st.fatal = true;
     st.failure = Some(format!("{why}; restart the broker"));
 }
 
 fn is_fatal(sh: &Shared) -> bool {
-    sh.state.lock().unwrap_or_else(|p| p.into_inner()).fatal
+    sh.state.lock().or_abort("store state").fatal
 }
 
 /// The syncer: fsync of written data every flush interval in ASYNC mode, checkpoints and
@@ -958,7 +955,7 @@ fn sync_loop(sh: Arc<Shared>) {
     };
     loop {
         {
-            let st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+            let st = sh.state.lock().or_abort("store state");
             if !sh.flusher_done.load(std::sync::atomic::Ordering::SeqCst) {
                 let _ = sh.sync_wake.wait_timeout(st, tick);
             }
@@ -1049,7 +1046,7 @@ fn checkpoint_now(sh: &Shared) -> io::Result<()> {
         .offsets_dirty
         .swap(false, std::sync::atomic::Ordering::Relaxed)
     {
-        let offsets = sh.offsets.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let offsets = sh.offsets.lock().or_abort("store state").clone();
         meta::save_json(&sh.cfg.dir, OFFSETS, &offsets)?;
     }
     meta::save_json(&sh.cfg.dir, CHECKPOINT, &Checkpoint { offset: written })

@@ -6,6 +6,7 @@
 //! The key index (`index/keys`) holds `hash u64 | commit log offset u64` pairs for message ids
 //! and keys; lookups re-check the record, so hash collisions are harmless.
 
+use crate::poison::OrAbort;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
@@ -109,11 +110,11 @@ impl ConsumeQueue {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, CqData> {
-        self.data.read().unwrap_or_else(|p| p.into_inner())
+        self.data.read().or_abort("a queue index")
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, CqData> {
-        self.data.write().unwrap_or_else(|p| p.into_inner())
+        self.data.write().or_abort("a queue index")
     }
 
     /// First live logical offset.
@@ -264,7 +265,7 @@ impl Queues {
     pub fn get(&self, topic: &str, queue: i32) -> Option<Arc<ConsumeQueue>> {
         self.map
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .or_abort("a queue index")
             .get(topic)
             .and_then(|t| t.get(&queue))
             .cloned()
@@ -275,7 +276,7 @@ impl Queues {
         if let Some(q) = self.get(topic, queue) {
             return Ok(q);
         }
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.write().or_abort("a queue index");
         if let Some(q) = map.get(topic).and_then(|t| t.get(&queue)) {
             return Ok(q.clone());
         }
@@ -295,7 +296,7 @@ impl Queues {
     pub fn all(&self) -> Vec<((String, i32), Arc<ConsumeQueue>)> {
         self.map
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .or_abort("a queue index")
             .iter()
             .flat_map(|(t, qs)| qs.iter().map(|(id, q)| ((t.clone(), *id), q.clone())))
             .collect()
@@ -403,7 +404,7 @@ impl KeyIndex {
 
     /// Indexes `(key hash, phys)` pairs.
     pub fn add_hashed(&self, entries: &[(u64, u64)]) {
-        let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.map.lock().or_abort("a queue index");
         g.pending.reserve(entries.len() * 16);
         for &(h, phys) in entries {
             g.insert(h, phys);
@@ -415,7 +416,7 @@ impl KeyIndex {
     /// Candidate offsets for `key` (check the record: hashes may collide).
     pub fn lookup(&self, key: &str) -> Vec<u64> {
         let h = key_hash(key);
-        let g = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.map.lock().or_abort("a queue index");
         let mut out: Vec<u64> = g.first.get(&h).copied().into_iter().collect();
         if let Some(more) = g.more.get(&h) {
             out.extend_from_slice(more);
@@ -426,13 +427,13 @@ impl KeyIndex {
     /// Writes pending entries.
     pub fn flush(&self) -> io::Result<()> {
         let pending = {
-            let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.map.lock().or_abort("a queue index");
             std::mem::take(&mut g.pending)
         };
         if pending.is_empty() {
             return Ok(());
         }
-        let mut at = self.in_file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut at = self.in_file.lock().or_abort("a queue index");
         self.file.write_all_at(&pending, *at * 16)?;
         *at += pending.len() as u64 / 16;
         Ok(())
@@ -445,7 +446,7 @@ impl KeyIndex {
 
     /// Forgets offsets below `log_start` (their segments were deleted).
     pub fn forget_below(&self, log_start: u64) {
-        let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.map.lock().or_abort("a queue index");
         g.first.retain(|_, o| *o >= log_start);
         g.more.retain(|_, offs| {
             offs.retain(|o| *o >= log_start);

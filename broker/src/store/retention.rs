@@ -3,6 +3,7 @@
 //! maximum size; consume queues and the index then forget what pointed into them. Topics may
 //! keep less: their own age and size limits move their queues' first offsets forward.
 
+use crate::poison::OrAbort;
 use std::time::{Duration, SystemTime};
 
 use super::{Shared, Store, StoreError, now_ms, store_timestamp};
@@ -68,7 +69,7 @@ pub(super) fn enforce_shared(sh: &Shared) -> Result<usize, StoreError> {
     let topics: Vec<_> = sh
         .topics
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .or_abort("retention state")
         .values()
         .filter(|t| t.retention_ms.is_some() || t.retention_bytes.is_some())
         .cloned()

@@ -2,6 +2,7 @@
 //! Unlike a broadcast of every change, advancing wakes only the waiters it satisfies, so a
 //! thousand producers waiting on small group commits cost one wake-up each.
 
+use crate::poison::OrAbort;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +33,7 @@ impl Watermark {
     pub(crate) fn advance(&self, value: u64) {
         self.value.fetch_max(value, Ordering::AcqRel);
         let ready = {
-            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = self.waiters.lock().or_abort("flush waiters");
             let rest = w.split_off(&(value + 1));
             std::mem::replace(&mut *w, rest)
         };
@@ -47,7 +48,7 @@ impl Watermark {
             return true;
         }
         let rx = {
-            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = self.waiters.lock().or_abort("flush waiters");
             // Re-checked under the lock: `advance` stores before it takes the lock, so either
             // this sees the new value or `advance` sees this waiter.
             if self.get() >= end {

@@ -7,6 +7,7 @@
 
 pub mod route;
 
+use rdmq_transport::sync::Plain;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -596,15 +597,15 @@ impl Cluster {
     }
 
     fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TopicRoute>>> {
-        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+        self.routes.lock().plain()
     }
 
     fn lock_layout(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(String, u32)>>> {
-        self.fifo_layout.lock().unwrap_or_else(|p| p.into_inner())
+        self.fifo_layout.lock().plain()
     }
 
     fn lock_names(&self) -> std::sync::MutexGuard<'_, HashMap<String, Endpoint>> {
-        self.names.lock().unwrap_or_else(|p| p.into_inner())
+        self.names.lock().plain()
     }
 }
 

@@ -3,6 +3,7 @@
 //! runs out, until the client acks, changes, dead-letters or goes away (or a cap is hit). The
 //! client keeps using the handle it received; the proxy maps it to the latest one.
 
+use rdmq_transport::sync::Plain;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ fn renew_at(now: Instant, invisible: Duration) -> Instant {
 
 impl Renewals {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.lock().plain()
     }
 
     /// Starts renewing `handle`, delivered to `client` of `group` for `invisible`.

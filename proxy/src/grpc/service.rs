@@ -6,6 +6,7 @@
 //! Business errors travel in the response `Status` (gRPC status OK); a stream always ends
 //! with exactly one status when something fails.
 
+use rdmq_transport::sync::Plain;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -144,10 +145,7 @@ impl MessagingProxy {
     }
 
     pub(super) fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, ClientState>> {
-        self.shared
-            .clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.clients.lock().plain()
     }
 
     pub(super) fn server_settings(&self) -> ServerSettings {

@@ -173,7 +173,9 @@ impl Fabric {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, StateCell> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .expect("the simulated NIC state was poisoned by a panic in the simulator")
     }
 
     fn now_ns(&self) -> u64 {

@@ -53,7 +53,10 @@ impl Wire {
 
     /// Queues packets for their destination processes.
     pub(crate) fn send(&self, packets: Vec<Packet>) {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = self
+            .peers
+            .lock()
+            .expect("the cross-process wire peers was poisoned by a panic in the simulator");
         for pkt in packets {
             let mut frame = Vec::with_capacity(64 + pkt.payload_len());
             frame.extend_from_slice(&[0; 4]);

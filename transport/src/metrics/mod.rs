@@ -10,6 +10,7 @@
 pub mod histogram;
 pub mod http;
 
+use crate::sync::Plain;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -80,7 +81,7 @@ pub fn global() -> &'static Registry {
 
 impl Registry {
     fn lock_series(&self) -> std::sync::MutexGuard<'_, Vec<Series>> {
-        self.series.lock().unwrap_or_else(|p| p.into_inner())
+        self.series.lock().plain()
     }
 
     /// The counter `name{labels}`, created on first use (the same one on later calls).
@@ -131,18 +132,12 @@ impl Registry {
 
     /// Adds a collector run at every scrape.
     pub fn collect(&self, collector: Collector) {
-        self.collectors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(collector);
+        self.collectors.lock().plain().push(collector);
     }
 
     fn collected(&self) -> Vec<Sample> {
         let mut out = Vec::new();
-        self.collectors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|c| c(&mut out));
+        self.collectors.lock().plain().retain(|c| c(&mut out));
         out
     }
 

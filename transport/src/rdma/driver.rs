@@ -104,8 +104,22 @@ struct Shared<Q: VerbsQp> {
 }
 
 impl<Q: VerbsQp> Shared<Q> {
+    /// The link's state. A poisoned lock (a panic mid-update) fails the link: its slots and
+    /// credits can no longer be trusted, so it is torn down and its calls fail, while other
+    /// links carry on.
     fn lock(&self) -> MutexGuard<'_, Inner<Q>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => {
+                let mut g = p.into_inner();
+                self.inner.clear_poison();
+                tracing::error!("a panic interrupted this rdma link's driver; failing the link");
+                g.core.fail(CoreError::Protocol(
+                    "a panic interrupted the link's driver".into(),
+                ));
+                g
+            }
+        }
     }
 
     fn now(&self) -> u64 {

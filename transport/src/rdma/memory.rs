@@ -6,6 +6,7 @@
 
 #![allow(unsafe_code)]
 
+use crate::sync::Plain;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,7 +148,7 @@ impl SlotRegion {
         let len = slot_size * count;
         arena.check(base, len);
         {
-            let mut carved = arena.carved.lock().unwrap_or_else(|p| p.into_inner());
+            let mut carved = arena.carved.lock().plain();
             assert!(
                 carved
                     .iter()
@@ -211,7 +212,7 @@ impl SlotRegion {
         if self.returned_count.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut r = self.returned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.returned.lock().plain();
         self.returned_count.store(0, Ordering::Release);
         into.append(&mut r);
     }
@@ -331,11 +332,7 @@ impl Drop for ReceivedView {
         let (region, idx) = (slot.region.clone(), slot.idx);
         // Check the slot in before announcing it, so it can be checked out again at once.
         drop(slot);
-        region
-            .returned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(idx);
+        region.returned.lock().plain().push(idx);
         region.returned_count.fetch_add(1, Ordering::Release);
         region.returned_notify.notify_one();
     }

@@ -5,6 +5,7 @@
 //! frames over TCP instead (unless fallback is disabled). Plain TCP remoting clients that dial
 //! an RDMA listener are served over TCP too.
 
+use crate::sync::Plain;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,7 +139,7 @@ impl<O: DeviceOpener> RdmaTransport<O> {
             .param("device")
             .map(str::to_owned)
             .or_else(|| self.config.device.clone());
-        let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        let mut devices = self.devices.lock().plain();
         if let Some(v) = devices.get(&name) {
             return Ok(v.clone());
         }

@@ -1,6 +1,7 @@
 //! The remoting client: a small pool of connections per endpoint, dialled lazily, re-dialled
 //! with exponential backoff after failures.
 
+use crate::sync::Plain;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -171,7 +172,7 @@ struct Backoff {
 
 impl<T: Transport> Slot<T> {
     fn live(&self) -> Option<Connection<TxOf<T>>> {
-        let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.conn.lock().plain();
         guard.as_ref().filter(|c| c.is_open()).cloned()
     }
 }
@@ -198,7 +199,7 @@ impl<T: Transport> Client<T> {
     }
 
     fn pool(&self, endpoint: &Endpoint) -> Arc<Pool<T>> {
-        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pools = self.inner.pools.lock().plain();
         pools
             .entry(endpoint.clone())
             .or_insert_with(|| {
@@ -254,7 +255,7 @@ impl<T: Transport> Client<T> {
                     "connected"
                 );
                 *backoff = Backoff::default();
-                *slot.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+                *slot.conn.lock().plain() = Some(conn.clone());
                 Ok(conn)
             }
             Err(e) => {
@@ -311,12 +312,12 @@ impl<T: Transport> Client<T> {
     /// Closes every connection gracefully.
     pub async fn close(&self, grace: Duration) {
         let pools: Vec<_> = {
-            let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pools = self.inner.pools.lock().plain();
             pools.drain().map(|(_, p)| p).collect()
         };
         for pool in pools {
             for slot in &pool.slots {
-                let conn = slot.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let conn = slot.conn.lock().plain().take();
                 if let Some(c) = conn {
                     c.close(grace).await;
                 }
@@ -337,7 +338,7 @@ fn collect_links<T: Transport>(
     let pools: Vec<(Endpoint, Arc<Pool<T>>)> = inner
         .pools
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .plain()
         .iter()
         .map(|(e, p)| (e.clone(), p.clone()))
         .collect();

@@ -1,6 +1,7 @@
 //! The remoting server: accepts links from any backend and dispatches each request by code to
 //! an async handler. Unknown codes get `REQUEST_CODE_NOT_SUPPORTED`.
 
+use crate::sync::Plain;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -145,7 +146,7 @@ struct Registry<Tx: LinkTx> {
 
 impl<Tx: LinkTx> Registry<Tx> {
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Connection<Tx>>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+        self.live.lock().plain()
     }
 }
 
