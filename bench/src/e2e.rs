@@ -79,7 +79,7 @@ pub async fn start(broker_url: &str, dir: &std::path::Path) -> Result<RunningPro
     let cfg = ProxyConfig::from_args(&args)
         .map_err(|e| e.to_string())?
         .ok_or("no configuration")?;
-    RunningProxy::start(cfg).await
+    RunningProxy::start(cfg).await.map_err(|e| e.to_string())
 }
 
 /// Sends `iterations` messages of `size` bytes one at a time, then `iterations` more with

@@ -448,7 +448,7 @@ async fn e2e_command(args: &Args) -> Result<(), String> {
             );
             results.push((name, size, r));
         }
-        proxy.shutdown().await?;
+        proxy.shutdown().await.map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&dir);
     }
     for &size in &sizes {

@@ -11,7 +11,58 @@ use rdmq_transport::{AnyTransport, Endpoint, Scheme, Transport};
 
 use crate::config::BrokerConfig;
 use crate::handlers::{Broker, router};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Why a broker could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A `--listen` URL does not parse.
+    #[error("listen URL {url}: {source}")]
+    Endpoint {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: rdmq_transport::TransportError,
+    },
+    /// An endpoint could not be bound.
+    #[error("cannot listen on {url}: {source}")]
+    Bind {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: rdmq_transport::TransportError,
+    },
+    /// Nothing to listen on.
+    #[error("no endpoint to listen on")]
+    NoEndpoint,
+    /// The store could not be opened (recovery failed).
+    #[error("cannot open the store in {dir}: {source}")]
+    Store {
+        /// The store directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// A configured topic could not be created.
+    #[error("cannot create topic {topic}: {source}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The pop and timer services could not start.
+    #[error("cannot start the pop and timer services: {0}")]
+    Services(StoreError),
+    /// A blocking start-up or shutdown step panicked.
+    #[error("{what} panicked: {source}")]
+    Panicked {
+        /// The step.
+        what: &'static str,
+        /// The join error.
+        source: tokio::task::JoinError,
+    },
+}
 
 /// A serving broker.
 #[derive(Debug)]
@@ -25,18 +76,24 @@ pub struct RunningBroker {
 impl RunningBroker {
     /// Binds every endpoint of `cfg` on `transport` (before recovery, so the advertised
     /// address is the real port), opens the store, creates the configured topics and serves.
-    pub async fn start(cfg: &BrokerConfig, transport: AnyTransport) -> Result<Self, String> {
+    pub async fn start(cfg: &BrokerConfig, transport: AnyTransport) -> Result<Self, ServeError> {
         let mut listeners = Vec::new();
         for url in &cfg.listen {
-            let endpoint: Endpoint = url.parse().map_err(|e| format!("{e}"))?;
+            let endpoint: Endpoint = url.parse().map_err(|source| ServeError::Endpoint {
+                url: url.clone(),
+                source,
+            })?;
             let listener = transport
                 .bind(&endpoint)
                 .await
-                .map_err(|e| format!("cannot listen on {url}: {e}"))?;
+                .map_err(|source| ServeError::Bind {
+                    url: url.clone(),
+                    source,
+                })?;
             listeners.push(listener);
         }
         if listeners.is_empty() {
-            return Err("no endpoint to listen on".into());
+            return Err(ServeError::NoEndpoint);
         }
         let advertise = match &cfg.advertise {
             Some(a) => a.clone(),
@@ -46,24 +103,31 @@ impl RunningBroker {
         let dir = cfg.store_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(store_cfg))
             .await
-            .map_err(|e| format!("store recovery panicked: {e}"))?
-            .map_err(|e| format!("cannot open the store in {}: {e}", dir.display()))?;
+            .map_err(|source| ServeError::Panicked {
+                what: "store recovery",
+                source,
+            })?
+            .map_err(|source| ServeError::Store { dir, source })?;
         for topic in cfg.topic_configs() {
             let mut t = topic;
             if let Some(existing) = store.topic(&t.name) {
                 t.perm = existing.perm;
                 t.sys_flag = existing.sys_flag;
             }
+            let topic = t.name.clone();
             store
                 .put_topic(t)
-                .map_err(|e| format!("cannot create topic: {e}"))?;
+                .map_err(|source| ServeError::Topic { topic, source })?;
         }
         let broker = {
             let info = cfg.broker_info(&advertise);
             tokio::task::spawn_blocking(move || Broker::start(store, info))
                 .await
-                .map_err(|e| format!("broker start panicked: {e}"))?
-                .map_err(|e| format!("cannot start the pop and timer services: {e}"))?
+                .map_err(|source| ServeError::Panicked {
+                    what: "broker start",
+                    source,
+                })?
+                .map_err(ServeError::Services)?
         };
         use rdmq_transport::protocol::request_code as c;
         let metrics = rdmq_transport::remoting::CallMetrics::server(
@@ -115,7 +179,7 @@ impl RunningBroker {
 
     /// Drains the listeners (in-flight requests are answered), then flushes and stops the
     /// store.
-    pub async fn shutdown(self) -> Result<(), String> {
+    pub async fn shutdown(self) -> Result<(), ServeError> {
         self.broker.pop.end_long_polls();
         for h in self.handles {
             h.shutdown(self.grace).await;
@@ -123,7 +187,10 @@ impl RunningBroker {
         let broker = self.broker;
         tokio::task::spawn_blocking(move || broker.shutdown())
             .await
-            .map_err(|e| format!("store shutdown panicked: {e}"))
+            .map_err(|source| ServeError::Panicked {
+                what: "store shutdown",
+                source,
+            })
     }
 }
 
@@ -168,7 +235,10 @@ pub fn broker_main(args: Vec<String>) -> std::process::ExitCode {
         let running = RunningBroker::start(&cfg, AnyTransport::default()).await?;
         let _metrics = start_metrics(cfg.metrics_listen.as_deref())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| ServeError::Bind {
+                url: cfg.metrics_listen.clone().unwrap_or_default(),
+                source: rdmq_transport::TransportError::from(source),
+            })?;
         {
             let mut out = std::io::stdout().lock();
             for ep in running.endpoints() {
@@ -180,6 +250,37 @@ pub fn broker_main(args: Vec<String>) -> std::process::ExitCode {
         tracing::info!("draining");
         running.shutdown().await?;
         tracing::info!("stopped");
-        Ok::<(), String>(())
+        Ok::<(), ServeError>(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn start_failures_are_typed() {
+        let mut cfg = BrokerConfig {
+            listen: vec!["nonsense://x".into()],
+            ..BrokerConfig::default()
+        };
+        let start = |cfg: BrokerConfig| async move {
+            RunningBroker::start(&cfg, AnyTransport::default())
+                .await
+                .err()
+        };
+        assert!(matches!(
+            start(cfg.clone()).await,
+            Some(ServeError::Endpoint { .. })
+        ));
+        cfg.listen.clear();
+        assert!(matches!(
+            start(cfg.clone()).await,
+            Some(ServeError::NoEndpoint)
+        ));
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        cfg.listen = vec![format!("tcp://{}", taken.local_addr().unwrap())];
+        let e = start(cfg).await;
+        assert!(matches!(e, Some(ServeError::Bind { .. })), "{e:?}");
+    }
 }

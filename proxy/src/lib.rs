@@ -52,7 +52,10 @@ pub fn proxy_main(args: Vec<String>) -> std::process::ExitCode {
         let proxy = RunningProxy::start(cfg).await?;
         let _metrics = serve::start_metrics(metrics_listen.as_deref())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| StartError::Listen {
+                addr: metrics_listen.clone().unwrap_or_default(),
+                source,
+            })?;
         {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening grpc://{}", proxy.grpc_addr());
@@ -65,8 +68,36 @@ pub fn proxy_main(args: Vec<String>) -> std::process::ExitCode {
         tracing::info!("draining");
         proxy.shutdown().await?;
         tracing::info!("stopped");
-        Ok::<(), String>(())
+        Ok::<(), StartError>(())
     })
+}
+
+/// Why a proxy could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A broker URL does not parse.
+    #[error("broker {url}: {source}")]
+    BrokerUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: rdmq_transport::TransportError,
+    },
+    /// The embedded broker failed.
+    #[cfg(feature = "embedded")]
+    #[error("embedded broker: {0}")]
+    Embedded(#[from] rdmq_broker::serve::ServeError),
+    /// `--advertise` is not `HOST:PORT`.
+    #[error("--advertise {0}: expected HOST:PORT")]
+    Advertise(String),
+    /// The gRPC or metrics address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A serving proxy (and its embedded broker, if configured).
@@ -84,13 +115,18 @@ pub struct RunningProxy {
 
 impl RunningProxy {
     /// Starts the embedded broker (if any), then serves gRPC on `cfg.listen`.
-    pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy, String> {
+    pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy, StartError> {
         let transport = AnyTransport::default();
         #[allow(unused_mut)]
         let mut seeds: Vec<Endpoint> = cfg
             .brokers
             .iter()
-            .map(|b| b.parse().map_err(|e| format!("broker {b}: {e}")))
+            .map(|b| {
+                b.parse().map_err(|source| StartError::BrokerUrl {
+                    url: b.clone(),
+                    source,
+                })
+            })
             .collect::<Result<_, _>>()?;
         #[cfg(feature = "embedded")]
         let broker = match &cfg.embedded_broker {
@@ -113,7 +149,7 @@ impl RunningProxy {
                 let (h, p) = a
                     .rsplit_once(':')
                     .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-                    .ok_or_else(|| format!("--advertise {a}: expected HOST:PORT"))?;
+                    .ok_or_else(|| StartError::Advertise(a.clone()))?;
                 Some((h, p))
             }
             None => None,
@@ -132,10 +168,14 @@ impl RunningProxy {
         );
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("listener address: {e}"))?;
+            .map_err(|source| StartError::Listen {
+                addr: cfg.listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
         // Room for the largest body plus the message's other fields.
         let max_message = cfg.max_body_size + (1 << 20);
         let svc = MessagingServiceServer::new(service.clone())
@@ -191,7 +231,7 @@ impl RunningProxy {
 
     /// Drains: parked long polls answer at once, HTTP/2 GOAWAY tells clients to go elsewhere,
     /// in-flight calls finish (bounded by the drain grace); then the embedded broker stops.
-    pub async fn shutdown(self) -> Result<(), String> {
+    pub async fn shutdown(self) -> Result<(), StartError> {
         let _ = self.stop.send(true);
         let abort = self.server.abort_handle();
         match tokio::time::timeout(self.grace, self.server).await {
