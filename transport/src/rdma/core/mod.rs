@@ -25,6 +25,8 @@
 
 pub mod handshake;
 pub mod imm;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 
