@@ -11,10 +11,10 @@ use proptest::prelude::*;
 use rdma_sim::Fabric;
 use rdmq_transport::rdma::core::{Core, CoreConfig, CoreError, Event, Outgoing, Peer};
 use rdmq_transport::rdma::memory::{Arena, SlotRegion};
+use rdmq_transport::rdma::post;
 use rdmq_transport::rdma::sim::SimVerbs;
 use rdmq_transport::rdma::verbs::{
-    Completion, Payload, QpConfig, RecvRequest, Registration, RemoteAccess, SendOp, SendRequest,
-    Sge, Verbs, VerbsQp, WcError,
+    Completion, QpConfig, Registration, RemoteAccess, Verbs, VerbsQp, WcError,
 };
 
 const SLOT: u32 = 1024;
@@ -266,17 +266,7 @@ fn step_side(s: &mut Side, now: u64) -> bool {
     let mut recvs = Vec::new();
     s.core.poll_recv_posts(&mut recvs);
     if !recvs.is_empty() && s.repost {
-        let reqs: Vec<RecvRequest> = recvs
-            .iter()
-            .map(|w| RecvRequest {
-                wr_id: w.wr_id,
-                sge: Sge {
-                    addr: s.recv.addr_of(w.slot),
-                    len: SLOT,
-                    lkey: s.lkey,
-                },
-            })
-            .collect();
+        let reqs = post::recv_requests(&recvs, &s.recv, s.lkey);
         if s.qp.post_recv(&reqs).is_err() {
             s.core.fail(CoreError::Protocol("post_recv".into()));
         }
@@ -291,27 +281,8 @@ fn step_side(s: &mut Side, now: u64) -> bool {
                 slot.as_mut_slice()[..data.len()].copy_from_slice(data);
             }
         }
-        let sges: Vec<Option<Sge>> = sends
-            .iter()
-            .map(|w| {
-                w.slot.map(|i| Sge {
-                    addr: s.send.addr_of(i),
-                    len: w.len,
-                    lkey: s.lkey,
-                })
-            })
-            .collect();
-        let reqs: Vec<SendRequest<'_>> = sends
-            .iter()
-            .zip(&sges)
-            .map(|(w, sge)| SendRequest {
-                wr_id: w.wr_id,
-                op: SendOp::SendImm(w.imm),
-                payload: Payload::Sges(sge.as_ref().map(std::slice::from_ref).unwrap_or(&[])),
-                signaled: w.signaled,
-                solicited: w.solicited,
-            })
-            .collect();
+        let sges = post::send_sges(&sends, &s.send, s.lkey);
+        let reqs = post::send_requests(&sends, &sges);
         if s.qp.post_send(&reqs).is_err() {
             s.core.fail(CoreError::Protocol("post_send".into()));
         }

@@ -16,10 +16,9 @@ use tokio::sync::Notify;
 
 use super::core::{Core, CoreError, Event, Outgoing, RecvWork, SendWork};
 use super::memory::{PostedSlot, Slot, SlotRegion};
+use super::post;
 use super::sys::{ChannelFd, register};
-use super::verbs::{
-    Payload, RecvRequest, Registration, SendOp, SendRequest, Sge, VerbsError, VerbsQp,
-};
+use super::verbs::{Registration, VerbsError, VerbsQp};
 use crate::codec::FrameWrite;
 use crate::counters::LinkCounters;
 use crate::error::TransportError;
@@ -238,18 +237,7 @@ impl<Q: VerbsQp> Inner<Q> {
         self.recv_work.clear();
         self.core.poll_recv_posts(&mut self.recv_work);
         if !self.recv_work.is_empty() {
-            let reqs: Vec<RecvRequest> = self
-                .recv_work
-                .iter()
-                .map(|w| RecvRequest {
-                    wr_id: w.wr_id,
-                    sge: Sge {
-                        addr: sh.recv_region.addr_of(w.slot),
-                        len: sh.slot_size as u32,
-                        lkey: sh.lkey,
-                    },
-                })
-                .collect();
+            let reqs = post::recv_requests(&self.recv_work, &sh.recv_region, sh.lkey);
             LinkCounters::add(&sh.counters.send_calls, 1);
             if let Err(e) = self.qp.post_recv(&reqs) {
                 self.core
@@ -262,39 +250,21 @@ impl<Q: VerbsQp> Inner<Q> {
             return;
         }
         let work = std::mem::take(&mut self.send_work);
-        let mut sges = Vec::with_capacity(work.len());
         let mut bytes = 0u64;
         for w in &work {
-            match w.slot {
-                Some(idx) => {
-                    if let Some(data) = &w.copy_from {
-                        let mut s = self.take_send_slot(sh, idx);
-                        s.as_mut_slice()[..data.len()].copy_from_slice(data);
-                        self.send_slots[idx as usize] = Some(s.into_posted());
-                        sh.counters.copy(data.len() as u64);
-                    }
-                    bytes += w.len as u64;
-                    self.frames_posted += 1;
-                    sges.push(Some(Sge {
-                        addr: sh.send_region.addr_of(idx),
-                        len: w.len,
-                        lkey: sh.lkey,
-                    }));
+            if let Some(idx) = w.slot {
+                if let Some(data) = &w.copy_from {
+                    let mut s = self.take_send_slot(sh, idx);
+                    s.as_mut_slice()[..data.len()].copy_from_slice(data);
+                    self.send_slots[idx as usize] = Some(s.into_posted());
+                    sh.counters.copy(data.len() as u64);
                 }
-                None => sges.push(None),
+                bytes += w.len as u64;
+                self.frames_posted += 1;
             }
         }
-        let reqs: Vec<SendRequest<'_>> = work
-            .iter()
-            .zip(&sges)
-            .map(|(w, sge)| SendRequest {
-                wr_id: w.wr_id,
-                op: SendOp::SendImm(w.imm),
-                payload: Payload::Sges(sge.as_ref().map(std::slice::from_ref).unwrap_or(&[])),
-                signaled: w.signaled,
-                solicited: w.solicited,
-            })
-            .collect();
+        let sges = post::send_sges(&work, &sh.send_region, sh.lkey);
+        let reqs = post::send_requests(&work, &sges);
         let result = self.qp.post_send(&reqs);
         drop(reqs);
         self.send_work = work;
@@ -458,17 +428,7 @@ impl<Q: VerbsQp> RdmaConn<Q> {
         {
             let mut inner = shared.lock();
             let work = std::mem::take(&mut inner.recv_work);
-            let reqs: Vec<RecvRequest> = work
-                .iter()
-                .map(|w| RecvRequest {
-                    wr_id: w.wr_id,
-                    sge: Sge {
-                        addr: shared.recv_region.addr_of(w.slot),
-                        len: slot_size as u32,
-                        lkey: shared.lkey,
-                    },
-                })
-                .collect();
+            let reqs = post::recv_requests(&work, &shared.recv_region, shared.lkey);
             if let Err(e) = inner.qp.post_recv(&reqs) {
                 inner.core.fail(CoreError::Protocol(format!(
                     "initial post_recv failed: {e}"

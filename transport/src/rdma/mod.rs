@@ -13,6 +13,7 @@ pub mod driver;
 #[cfg(feature = "ibverbs")]
 pub mod ibverbs;
 pub mod memory;
+pub mod post;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod sys;
