@@ -1,8 +1,9 @@
-//! Registered memory: one page-aligned [`Arena`] allocated at start-up (optionally on
-//! hugepages), cut into fixed-size slots that are lent either to the application (a send slot
-//! being filled, a received frame being read) or to the NIC (posted). This is the backend's
-//! shared-memory module: every `unsafe` of the RDMA data path is here, and the slot check-out
-//! flags turn "one owner per slot at a time" into a runtime-checked rule.
+//! Registered memory: one page-aligned [`Arena`] per link, allocated and registered when the
+//! link is set up (optionally on hugepages), cut into fixed-size slots that are lent either to
+//! the application (a send slot being filled, a received frame being read) or to the NIC
+//! (posted). This is the backend's shared-memory module: every `unsafe` that touches slot
+//! memory is here (the verbs bindings hold the FFI ones), and the slot check-out flags turn
+//! "one owner per slot at a time" into a runtime-checked rule.
 
 #![allow(unsafe_code)]
 

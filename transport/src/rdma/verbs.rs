@@ -248,7 +248,7 @@ pub trait Verbs: Send + Sync + std::fmt::Debug + 'static {
     /// Device GID used for connections.
     fn gid(&self) -> [u8; 16];
 
-    /// Registers `arena` (once, at start-up; never on the data path).
+    /// Registers `arena` (once per link, when it is set up; never on the data path).
     fn register(
         &self,
         arena: &Arc<Arena>,
