@@ -13,9 +13,11 @@
 //!   tail is cut off; records after the checkpoint are dispatched again.
 //! - **Read**: only written records are visible, so readers use the segment files alone.
 
+mod flush;
 pub mod log;
 pub mod meta;
 pub mod queue;
+mod recovery;
 mod retention;
 mod watermark;
 
@@ -30,9 +32,11 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::message::{self, HostAddr, NewMessage, PropertiesError};
+use flush::{checkpoint_now, flush_loop, sync_loop};
 use log::{FRAME_HEADER, Segments};
 use meta::{Checkpoint, Offsets, TopicConfig};
 use queue::{ConsumeQueue, CqEntry, KeyIndex, Queues};
+use recovery::index_facts;
 use watermark::Watermark;
 
 pub use retention::RetentionConfig;
@@ -235,152 +239,7 @@ const TOPICS: &str = "topics.json";
 const OFFSETS: &str = "offsets.json";
 const CHECKPOINT: &str = "checkpoint.json";
 
-/// A frame's dispatch facts, read back from a record during recovery.
-fn recovered_of(frame: &log::Frame) -> Option<Recovered> {
-    let m = message::decode_record(&frame.record).ok()?;
-    let mut key_hashes = Vec::new();
-    let tag_hash = index_facts(&m.properties, &mut key_hashes).ok()?;
-    Some(Recovered {
-        entry: CqEntry {
-            phys: frame.offset,
-            size: frame.record.len() as u32,
-            tag_hash,
-        },
-        key_hashes,
-        topic: m.topic,
-        queue_id: m.queue_id,
-        queue_offset: m.queue_offset,
-    })
-}
-
-/// Validates `properties` without allocating; returns the tag hash and pushes the index key
-/// hashes (each of `KEYS`, and the client message id `UNIQ_KEY`). Offset message ids are not
-/// indexed: they name their offset.
-fn index_facts(properties: &str, key_hashes: &mut Vec<u64>) -> Result<i64, PropertiesError> {
-    let mut tag_hash = 0;
-    message::scan_properties(properties, |k, v| match k {
-        message::prop::TAGS if !v.is_empty() => tag_hash = message::tag_hash(Some(v)),
-        message::prop::KEYS => {
-            key_hashes.extend(v.split(' ').filter(|k| !k.is_empty()).map(queue::key_hash))
-        }
-        message::prop::UNIQ_KEY => key_hashes.push(queue::key_hash(v)),
-        _ => {}
-    })?;
-    Ok(tag_hash)
-}
-
 impl Store {
-    /// Opens (creating or recovering) the store.
-    pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(&cfg.dir)?;
-        let checkpoint: Checkpoint = meta::load_json(&cfg.dir, CHECKPOINT)?.unwrap_or_default();
-        let topics: Vec<TopicConfig> = meta::load_json(&cfg.dir, TOPICS)?.unwrap_or_default();
-        let offsets: Offsets = meta::load_json(&cfg.dir, OFFSETS)?.unwrap_or_default();
-        let segments = Segments::open(&cfg.dir.join("commitlog"), cfg.segment_size)?;
-        let queues = Queues::open(&cfg.dir.join("consumequeue"), checkpoint.offset)?;
-        let index = KeyIndex::open(&cfg.dir.join("index"), checkpoint.offset)?;
-        let started = Instant::now();
-        let mut recovered = 0u64;
-        let mut gaps = Vec::new();
-        let end = segments.scan(checkpoint.offset, |frame| {
-            let Some(d) = recovered_of(&frame) else {
-                gaps.push(frame.offset);
-                return;
-            };
-            match queues.get_or_create(&d.topic, d.queue_id) {
-                Ok(q) => {
-                    if let Err(e) = q.push(d.queue_offset, d.entry) {
-                        gaps.push(frame.offset);
-                        tracing::error!(error = %e, "recovery");
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "recovery: cannot open consume queue"),
-            }
-            index.add_hashed(
-                &d.key_hashes
-                    .iter()
-                    .map(|h| (*h, frame.offset))
-                    .collect::<Vec<_>>(),
-            );
-            recovered += 1;
-        })?;
-        if !gaps.is_empty() {
-            tracing::error!(
-                count = gaps.len(),
-                "records that could not be dispatched during recovery"
-            );
-        }
-        let log_start = segments.bases().first().copied().unwrap_or(0);
-        for (_, cq) in queues.all() {
-            cq.trim_below_phys(log_start);
-            cq.reset_assigned();
-        }
-        if segments.bases().is_empty() {
-            segments.create(end.end)?;
-        }
-        if let Some(active) = segments.bases().last() {
-            segments.preallocate(*active)?;
-        }
-        let (segment_base, segment_end) = match segments.segment_of(end.end) {
-            Some((base, _)) => (base, base + cfg.segment_size),
-            None => (end.end, end.end + cfg.segment_size),
-        };
-        tracing::info!(
-            dir = %cfg.dir.display(),
-            from = checkpoint.offset,
-            to = end.end,
-            records = recovered,
-            truncated = end.truncated,
-            took_ms = started.elapsed().as_millis() as u64,
-            "store recovered"
-        );
-        let shared = Arc::new(Shared {
-            state: Mutex::new(AppendState {
-                write_pos: end.end,
-                pending: Vec::with_capacity(1 << 20),
-                pending_start: end.end,
-                dispatch: Vec::new(),
-                index_pending: Vec::new(),
-                rolls: Vec::new(),
-                segment_end,
-                segment_base,
-                space_checked_pos: end.end,
-                space_checked_at: Instant::now(),
-                space_refusal: None,
-                failure: None,
-                fatal: false,
-                shutdown: false,
-            }),
-            wake: Condvar::new(),
-            sync_wake: Condvar::new(),
-            flusher_done: Default::default(),
-            segments,
-            queues,
-            index,
-            written: Watermark::new(end.end),
-            durable: Watermark::new(end.end),
-            arrivals: watch::channel(0).0,
-            topics: Mutex::new(topics.into_iter().map(|t| (t.name.clone(), t)).collect()),
-            offsets: Mutex::new(offsets),
-            offsets_dirty: Default::default(),
-            cfg,
-        });
-        // Make the recovered state the new checkpoint before accepting writes.
-        checkpoint_now(&shared)?;
-        let s2 = shared.clone();
-        let flusher = std::thread::Builder::new()
-            .name("rdmq-store-flush".into())
-            .spawn(move || flush_loop(s2))?;
-        let s3 = shared.clone();
-        let syncer = std::thread::Builder::new()
-            .name("rdmq-store-sync".into())
-            .spawn(move || sync_loop(s3))?;
-        Ok(Store {
-            shared,
-            threads: Arc::new(Mutex::new(Some(StoreThreads { flusher, syncer }))),
-        })
-    }
-
     /// The configuration.
     pub fn config(&self) -> &StoreConfig {
         &self.shared.cfg
@@ -849,207 +708,6 @@ pub fn validate_topic_name(name: &str) -> Result<(), StoreError> {
         )));
     }
     Ok(())
-}
-
-/// The flusher: write, fsync in SYNC mode, dispatch, publish watermarks. Everything periodic
-/// (ASYNC fsync, checkpoints, retention) runs in [`sync_loop`], so appends never wait for it.
-fn flush_loop(sh: Arc<Shared>) {
-    let mut retry_delay = Duration::from_millis(10);
-    // Buffers swapped with the append state's, so batches allocate nothing.
-    let mut batch: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut dispatch: Vec<Dispatch> = Vec::new();
-    let mut index_pending: Vec<(u64, u64)> = Vec::new();
-    let mut rolls: Vec<u64> = Vec::new();
-    loop {
-        let (start, shutdown) = {
-            let mut st = sh.state.lock().or_abort("store state");
-            while st.pending.is_empty() && !st.shutdown {
-                st = sh.wake.wait(st).or_abort("store state");
-            }
-            let start = st.pending_start;
-            st.pending_start = st.write_pos;
-            std::mem::swap(&mut st.pending, &mut batch);
-            std::mem::swap(&mut st.dispatch, &mut dispatch);
-            std::mem::swap(&mut st.index_pending, &mut index_pending);
-            std::mem::swap(&mut st.rolls, &mut rolls);
-            (start, st.shutdown)
-        };
-        if !batch.is_empty() {
-            // Write, retrying while it fails (disk full): nothing here is acknowledged yet, and
-            // new appends are refused until it succeeds.
-            loop {
-                match write_batch(&sh, start, &batch, &rolls) {
-                    Ok(()) => {
-                        let mut st = sh.state.lock().or_abort("store state");
-                        if !st.fatal {
-                            st.failure = None;
-                        }
-                        drop(st);
-                        retry_delay = Duration::from_millis(10);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "commit log write failed; retrying");
-                        sh.state.lock().or_abort("store state").failure =
-                            Some(format!("commit log write failed: {e}"));
-                        std::thread::sleep(retry_delay);
-                        retry_delay = (retry_delay * 2).min(Duration::from_secs(1));
-                    }
-                }
-            }
-            let end = start + batch.len() as u64;
-            if sh.cfg.flush == FlushMode::Sync {
-                // A failed fsync may have dropped the dirty pages, so retrying proves nothing:
-                // nothing from here on is acknowledged, and the broker needs a restart (recovery
-                // re-reads what really is on disk).
-                if let Err(e) = sync_log(&sh, start, end) {
-                    fatal(&sh, format!("fsync of the commit log failed: {e}"));
-                }
-            }
-            for d in dispatch.drain(..) {
-                if let Err(e) = d.queue.push(d.queue_offset, d.entry) {
-                    tracing::error!(error = %e, "dispatch");
-                }
-            }
-            sh.index.add_hashed(&index_pending);
-            index_pending.clear();
-            batch.clear();
-            rolls.clear();
-            sh.written.advance(end);
-            if sh.cfg.flush == FlushMode::Sync && !is_fatal(&sh) {
-                sh.durable.advance(end);
-            } else if end - sh.durable.get() >= ASYNC_SYNC_BYTES {
-                sh.sync_wake.notify_one();
-            }
-            sh.arrivals.send_modify(|v| *v += 1);
-        }
-        if shutdown {
-            let st = sh.state.lock().or_abort("store state");
-            if st.pending.is_empty() {
-                return;
-            }
-        }
-    }
-}
-
-/// Stops acknowledging for good: appends are refused and waiters time out.
-fn fatal(sh: &Shared, why: String) {
-    tracing::error!(error = %why, "store stopped accepting writes; restart the broker to recover");
-    let mut st = sh.state.lock().or_abort("store state");
-    st.fatal = true;
-    st.failure = Some(format!("{why}; restart the broker"));
-}
-
-fn is_fatal(sh: &Shared) -> bool {
-    sh.state.lock().or_abort("store state").fatal
-}
-
-/// The syncer: fsync of written data every flush interval in ASYNC mode, checkpoints and
-/// retention every checkpoint interval; a last sync and checkpoint once the flusher is done.
-fn sync_loop(sh: Arc<Shared>) {
-    let mut last_sync = Instant::now();
-    let mut last_checkpoint = Instant::now();
-    let tick = match sh.cfg.flush {
-        FlushMode::Async { interval } => interval.min(sh.cfg.checkpoint_interval),
-        FlushMode::Sync => sh.cfg.checkpoint_interval,
-    };
-    loop {
-        {
-            let st = sh.state.lock().or_abort("store state");
-            if !sh.flusher_done.load(std::sync::atomic::Ordering::SeqCst) {
-                let _ = sh.sync_wake.wait_timeout(st, tick);
-            }
-        }
-        let last = sh.flusher_done.load(std::sync::atomic::Ordering::SeqCst);
-        if let FlushMode::Async { interval } = sh.cfg.flush
-            && (last_sync.elapsed() >= interval
-                || last
-                || sh.written.get() - sh.durable.get() >= ASYNC_SYNC_BYTES)
-        {
-            let written = sh.written.get();
-            let durable = sh.durable.get();
-            if written > durable {
-                match sync_log(&sh, durable, written) {
-                    Ok(()) if !is_fatal(&sh) => sh.durable.advance(written),
-                    Ok(()) => {}
-                    Err(e) => fatal(&sh, format!("fsync of the commit log failed: {e}")),
-                }
-            }
-            last_sync = Instant::now();
-        }
-        if last_checkpoint.elapsed() >= sh.cfg.checkpoint_interval || last {
-            if let Err(e) = checkpoint_now(&sh) {
-                tracing::error!(error = %e, "checkpoint failed");
-            }
-            if let Err(e) = retention::enforce_shared(&sh) {
-                tracing::error!(error = %e, "retention failed");
-            }
-            last_checkpoint = Instant::now();
-        }
-        if last {
-            return;
-        }
-    }
-}
-
-/// Writes a batch starting at `start`, one write per segment it covers (`rolls` are the
-/// segments the batch starts).
-fn write_batch(sh: &Shared, start: u64, batch: &[u8], rolls: &[u64]) -> io::Result<()> {
-    let end = start + batch.len() as u64;
-    let mut pos = start;
-    while pos < end {
-        let next = rolls
-            .iter()
-            .copied()
-            .filter(|r| *r > pos && *r < end)
-            .min()
-            .unwrap_or(end);
-        let base = if rolls.contains(&pos) {
-            pos
-        } else {
-            sh.segments
-                .segment_of(pos)
-                .map(|(b, _)| b)
-                .ok_or_else(|| io::Error::other(format!("no segment for offset {pos}")))?
-        };
-        let chunk = &batch[(pos - start) as usize..(next - start) as usize];
-        sh.segments.write_at(base, pos, chunk)?;
-        pos = next;
-    }
-    Ok(())
-}
-
-/// fdatasync of every segment holding bytes in `from..to`.
-fn sync_log(sh: &Shared, from: u64, to: u64) -> io::Result<()> {
-    let bases = sh.segments.bases();
-    for (i, base) in bases.iter().enumerate() {
-        let seg_end = bases.get(i + 1).copied().unwrap_or(u64::MAX);
-        if *base <= to && seg_end > from {
-            sh.segments.sync(*base)?;
-        }
-    }
-    Ok(())
-}
-
-/// Makes consume queues, index, offsets and the log durable up to what is written, then
-/// records that point as the checkpoint.
-fn checkpoint_now(sh: &Shared) -> io::Result<()> {
-    let written = sh.written.get();
-    sync_log(sh, sh.log_start_of(), written)?;
-    for (_, q) in sh.queues.all() {
-        q.flush()?;
-        q.sync()?;
-    }
-    sh.index.flush()?;
-    sh.index.sync()?;
-    if sh
-        .offsets_dirty
-        .swap(false, std::sync::atomic::Ordering::Relaxed)
-    {
-        let offsets = sh.offsets.lock().or_abort("store state").clone();
-        meta::save_json(&sh.cfg.dir, OFFSETS, &offsets)?;
-    }
-    meta::save_json(&sh.cfg.dir, CHECKPOINT, &Checkpoint { offset: written })
 }
 
 impl Shared {
