@@ -157,28 +157,113 @@ impl Default for BrokerConfig {
     }
 }
 
-/// Command-line usage.
-pub const USAGE: &str = "\
-usage: rdmq-broker [options]
-  --config FILE             TOML configuration (flags below override it)
-  --listen URL              endpoint to serve; repeatable (tcp://, rdma://, rdma-sim://)
-  --store-dir DIR           store directory
-  --flush sync|async        fsync before acknowledging, or periodically
-  --flush-interval-ms N     fsync period in async mode
-  --segment-size BYTES      commit log segment size (suffixes K, M, G)
-  --broker-name NAME        broker name
-  --cluster NAME            cluster name
-  --advertise HOST:PORT     address given to clients
-  --auto-create-topics BOOL create unknown topics on first use
-  --default-queues N        queues of auto-created topics
-  --max-body BYTES          largest message body (suffixes K, M, G)
-  --topic NAME[:QUEUES]     create a topic at start; repeatable
-  --pop-initial-offset M    where new consumer groups start: auto, first or last
-  --auto-create-groups BOOL create unknown consumer groups on first pop
-  --max-delivery-attempts N deliveries before a message is dead-lettered
-  --metrics-listen H:P      serve Prometheus metrics at http://H:P/metrics (default off)
-  --help                    this text
-";
+/// The flags, parsed by clap (generated help; each flag also from an environment variable,
+/// `RDMQ_BROKER_<FLAG>`, lists comma-separated). Values are checked by
+/// [`BrokerConfig::from_args`], which applies them on top of `--config`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "rdmq-broker",
+    about = "rdmq storage broker: serves RocketMQ remoting over tcp://, rdma:// and rdma-sim://",
+    disable_version_flag = true
+)]
+struct Flags {
+    /// TOML configuration (the flags below override it)
+    #[arg(long, value_name = "FILE", env = "RDMQ_BROKER_CONFIG")]
+    config: Option<String>,
+    /// Endpoint to serve; repeatable (tcp://, rdma://, rdma-sim://)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RDMQ_BROKER_LISTEN",
+        value_delimiter = ','
+    )]
+    listen: Vec<String>,
+    /// Store directory
+    #[arg(long, value_name = "DIR", env = "RDMQ_BROKER_STORE_DIR")]
+    store_dir: Option<String>,
+    /// fsync before acknowledging (sync), or periodically (async)
+    #[arg(long, value_name = "sync|async", env = "RDMQ_BROKER_FLUSH")]
+    flush: Option<String>,
+    /// fsync period in async mode
+    #[arg(long, value_name = "MS", env = "RDMQ_BROKER_FLUSH_INTERVAL_MS")]
+    flush_interval_ms: Option<String>,
+    /// Commit log segment size (suffixes K, M, G)
+    #[arg(long, value_name = "BYTES", env = "RDMQ_BROKER_SEGMENT_SIZE")]
+    segment_size: Option<String>,
+    /// Broker name
+    #[arg(long, value_name = "NAME", env = "RDMQ_BROKER_BROKER_NAME")]
+    broker_name: Option<String>,
+    /// Cluster name
+    #[arg(long, value_name = "NAME", env = "RDMQ_BROKER_CLUSTER")]
+    cluster: Option<String>,
+    /// Address given to clients
+    #[arg(long, value_name = "HOST:PORT", env = "RDMQ_BROKER_ADVERTISE")]
+    advertise: Option<String>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (default off)
+    #[arg(long, value_name = "HOST:PORT", env = "RDMQ_BROKER_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Create unknown topics on first use
+    #[arg(long, value_name = "BOOL", env = "RDMQ_BROKER_AUTO_CREATE_TOPICS")]
+    auto_create_topics: Option<String>,
+    /// Queues of auto-created topics
+    #[arg(long, value_name = "N", env = "RDMQ_BROKER_DEFAULT_QUEUES")]
+    default_queues: Option<String>,
+    /// Largest message body (suffixes K, M, G)
+    #[arg(long, value_name = "BYTES", env = "RDMQ_BROKER_MAX_BODY")]
+    max_body: Option<String>,
+    /// Create a topic at start; repeatable
+    #[arg(
+        long,
+        value_name = "NAME[:QUEUES]",
+        env = "RDMQ_BROKER_TOPIC",
+        value_delimiter = ','
+    )]
+    topic: Vec<String>,
+    /// Where new consumer groups start: auto, first or last
+    #[arg(long, value_name = "MODE", env = "RDMQ_BROKER_POP_INITIAL_OFFSET")]
+    pop_initial_offset: Option<String>,
+    /// Create unknown consumer groups on first pop
+    #[arg(long, value_name = "BOOL", env = "RDMQ_BROKER_AUTO_CREATE_GROUPS")]
+    auto_create_groups: Option<String>,
+    /// Deliveries before a message is dead-lettered
+    #[arg(long, value_name = "N", env = "RDMQ_BROKER_MAX_DELIVERY_ATTEMPTS")]
+    max_delivery_attempts: Option<String>,
+}
+
+impl Flags {
+    /// The given flags as `(flag, value)` pairs, repeatable ones once per value.
+    fn pairs(self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut one = |flag: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((flag, v));
+            }
+        };
+        one("--store-dir", self.store_dir);
+        one("--flush", self.flush);
+        one("--flush-interval-ms", self.flush_interval_ms);
+        one("--segment-size", self.segment_size);
+        one("--broker-name", self.broker_name);
+        one("--cluster", self.cluster);
+        one("--advertise", self.advertise);
+        one("--metrics-listen", self.metrics_listen);
+        one("--auto-create-topics", self.auto_create_topics);
+        one("--default-queues", self.default_queues);
+        one("--max-body", self.max_body);
+        one("--pop-initial-offset", self.pop_initial_offset);
+        one("--auto-create-groups", self.auto_create_groups);
+        one("--max-delivery-attempts", self.max_delivery_attempts);
+        out.extend(self.listen.into_iter().map(|v| ("--listen", v)));
+        out.extend(self.topic.into_iter().map(|v| ("--topic", v)));
+        out
+    }
+}
+
+/// The generated `--help` text.
+pub fn usage() -> String {
+    use clap::CommandFactory;
+    Flags::command().render_help().to_string()
+}
 
 impl BrokerConfig {
     /// Reads a TOML file.
@@ -201,27 +286,27 @@ impl BrokerConfig {
     /// The configuration from `args` (without the program name): `--config` first, then
     /// every other flag on top. `Ok(None)` means `--help` was asked for.
     pub fn from_args(args: &[String]) -> Result<Option<Self>, ConfigError> {
-        let mut cfg = match args.iter().position(|a| a == "--config") {
-            Some(i) => {
-                let path = args
-                    .get(i + 1)
-                    .ok_or_else(|| ConfigError::Invalid("--config needs a file".into()))?;
-                Self::from_file(Path::new(path))?
+        use clap::Parser;
+        let flags = match Flags::try_parse_from(
+            std::iter::once("rdmq-broker".to_owned()).chain(args.iter().cloned()),
+        ) {
+            Ok(f) => f,
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => return Ok(None),
+            Err(e) => {
+                return Err(ConfigError::Invalid(
+                    e.render().to_string().trim_end().to_owned(),
+                ));
             }
+        };
+        let mut cfg = match &flags.config {
+            Some(path) => Self::from_file(Path::new(path))?,
             None => Self::default(),
         };
         let mut listen = Vec::new();
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            if flag == "--help" || flag == "-h" {
-                return Ok(None);
-            }
-            let value = it
-                .next()
-                .ok_or_else(|| ConfigError::Invalid(format!("{flag} needs a value")))?;
+        for (flag, value) in flags.pairs() {
+            let value = &value;
             let bad = |what: &str| ConfigError::Invalid(format!("{flag} {value}: {what}"));
-            match flag.as_str() {
-                "--config" => {}
+            match flag {
                 "--listen" => listen.push(value.clone()),
                 "--store-dir" => cfg.store_dir = value.into(),
                 "--flush" => {
@@ -278,11 +363,7 @@ impl BrokerConfig {
                         retention_bytes: None,
                     });
                 }
-                other => {
-                    return Err(ConfigError::Invalid(format!(
-                        "unknown flag `{other}`\n{USAGE}"
-                    )));
-                }
+                other => unreachable!("clap only yields known flags, not {other}"),
             }
         }
         if !listen.is_empty() {
@@ -453,8 +534,8 @@ mod tests {
             ("--flush maybe", "sync or async"),
             ("--listen quic://x:1", "unknown scheme"),
             ("--segment-size 1", "below 4096"),
-            ("--bogus 1", "unknown flag"),
-            ("--listen", "needs a value"),
+            ("--bogus 1", "--bogus"),
+            ("--listen", "--listen"),
             ("--topic bad/name:2", "topic"),
         ] {
             let e = BrokerConfig::from_args(&args(a)).unwrap_err().to_string();

@@ -223,7 +223,7 @@ pub fn broker_main(args: Vec<String>) -> std::process::ExitCode {
     let cfg = match BrokerConfig::from_args(&args) {
         Ok(Some(cfg)) => cfg,
         Ok(None) => {
-            print!("{}", crate::config::USAGE);
+            print!("{}", crate::config::usage());
             return std::process::ExitCode::SUCCESS;
         }
         Err(e) => {
