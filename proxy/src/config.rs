@@ -61,28 +61,103 @@ impl Default for ProxyConfig {
     }
 }
 
-/// Command-line usage.
-pub const USAGE: &str = "\
-usage: rdmq-proxy [options]
-  --config FILE            TOML configuration (flags below override it)
-  --listen HOST:PORT       gRPC endpoint (default 0.0.0.0:8081)
-  --broker URL             broker to forward to; repeatable (tcp://, rdma://, rdma-sim://)
-  --advertise HOST:PORT    address put in routes (default: the one the client dialled)
-  --max-body-size BYTES    largest message body (suffixes K, M, G; default 4M)
-  --call-timeout-ms N      broker call timeout
-  --connections N          connections per broker
-  --max-in-flight N        sends and receives at once (default 8000; then TOO_MANY_REQUESTS)
-  --metrics-listen H:P     serve Prometheus metrics at http://H:P/metrics (default off)
-embedded broker (one command runs everything):
-  --embedded-broker        run a broker in this process
-  --broker-listen URL      its endpoint, also the transport used to reach it
-                           (default tcp://127.0.0.1:0; rdma-sim://127.0.0.1:0, rdma://…)
-  --store-dir DIR          its store directory (default rdmq-store)
-  --flush sync|async       its flush mode
-  --topic NAME[:QUEUES]    create a topic at start; repeatable
-  --broker-name NAME       its name (default broker-a)
-  --help                   this text
-";
+/// The flags, parsed by clap (generated help; each flag also from an environment variable,
+/// `RDMQ_PROXY_<FLAG>`, lists comma-separated). Values are checked by
+/// [`ProxyConfig::from_args`], which applies them on top of `--config`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "rdmq-proxy",
+    about = "rdmq proxy: RocketMQ 5 gRPC, forwarded to brokers over tcp://, rdma:// or rdma-sim://",
+    disable_version_flag = true
+)]
+struct Flags {
+    /// TOML configuration (the flags below override it)
+    #[arg(long, value_name = "FILE", env = "RDMQ_PROXY_CONFIG")]
+    config: Option<String>,
+    /// gRPC endpoint (default 0.0.0.0:8081)
+    #[arg(long, value_name = "HOST:PORT", env = "RDMQ_PROXY_LISTEN")]
+    listen: Option<String>,
+    /// Broker to forward to; repeatable (tcp://, rdma://, rdma-sim://)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RDMQ_PROXY_BROKER",
+        value_delimiter = ','
+    )]
+    broker: Vec<String>,
+    /// Address put in routes (default: the one the client dialled)
+    #[arg(long, value_name = "HOST:PORT", env = "RDMQ_PROXY_ADVERTISE")]
+    advertise: Option<String>,
+    /// Largest message body (suffixes K, M, G; default 4M)
+    #[arg(long, value_name = "BYTES", env = "RDMQ_PROXY_MAX_BODY_SIZE")]
+    max_body_size: Option<String>,
+    /// Broker call timeout
+    #[arg(long, value_name = "MS", env = "RDMQ_PROXY_CALL_TIMEOUT_MS")]
+    call_timeout_ms: Option<String>,
+    /// Connections per broker
+    #[arg(long, value_name = "N", env = "RDMQ_PROXY_CONNECTIONS")]
+    connections: Option<String>,
+    /// Sends and receives at once (default 8000; then TOO_MANY_REQUESTS)
+    #[arg(long, value_name = "N", env = "RDMQ_PROXY_MAX_IN_FLIGHT")]
+    max_in_flight: Option<String>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (default off)
+    #[arg(long, value_name = "HOST:PORT", env = "RDMQ_PROXY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Run a broker in this process (one command runs everything)
+    #[arg(
+        long,
+        env = "RDMQ_PROXY_EMBEDDED_BROKER",
+        help_heading = "Embedded broker"
+    )]
+    embedded_broker: bool,
+    /// Its endpoint, also the transport used to reach it (default tcp://127.0.0.1:0)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RDMQ_PROXY_BROKER_LISTEN",
+        help_heading = "Embedded broker"
+    )]
+    broker_listen: Option<String>,
+    /// Its store directory (default rdmq-store)
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "RDMQ_PROXY_STORE_DIR",
+        help_heading = "Embedded broker"
+    )]
+    store_dir: Option<String>,
+    /// Its flush mode
+    #[arg(
+        long,
+        value_name = "sync|async",
+        env = "RDMQ_PROXY_FLUSH",
+        help_heading = "Embedded broker"
+    )]
+    flush: Option<String>,
+    /// Create a topic at start; repeatable
+    #[arg(
+        long,
+        value_name = "NAME[:QUEUES]",
+        env = "RDMQ_PROXY_TOPIC",
+        value_delimiter = ',',
+        help_heading = "Embedded broker"
+    )]
+    topic: Vec<String>,
+    /// Its name (default broker-a)
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "RDMQ_PROXY_BROKER_NAME",
+        help_heading = "Embedded broker"
+    )]
+    broker_name: Option<String>,
+}
+
+/// The generated `--help` text.
+pub fn usage() -> String {
+    use clap::CommandFactory;
+    Flags::command().render_help().to_string()
+}
 
 /// A configuration problem.
 #[derive(Debug, thiserror::Error)]
@@ -117,38 +192,49 @@ impl ProxyConfig {
 
     /// The configuration from `args` (without the program name). `Ok(None)`: `--help`.
     pub fn from_args(args: &[String]) -> Result<Option<Self>, ConfigError> {
-        let mut cfg = match args.iter().position(|a| a == "--config") {
-            Some(i) => {
-                let path = args
-                    .get(i + 1)
-                    .ok_or_else(|| ConfigError("--config needs a file".into()))?;
+        use clap::Parser;
+        let f = match Flags::try_parse_from(
+            std::iter::once("rdmq-proxy".to_owned()).chain(args.iter().cloned()),
+        ) {
+            Ok(f) => f,
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => return Ok(None),
+            Err(e) => return Err(ConfigError(e.render().to_string().trim_end().to_owned())),
+        };
+        let mut cfg = match &f.config {
+            Some(path) => {
                 let text = std::fs::read_to_string(Path::new(path))
                     .map_err(|e| ConfigError(format!("{path}: {e}")))?;
                 Self::from_toml(&text).map_err(|e| ConfigError(format!("{path}: {e}")))?
             }
             None => Self::default(),
         };
-        let mut brokers = Vec::new();
-        let mut embedded = false;
+        let brokers = f.broker;
+        let embedded = f.embedded_broker;
         let mut broker_args: Vec<String> = Vec::new();
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            match flag.as_str() {
-                "--help" | "-h" => return Ok(None),
-                "--embedded-broker" => {
-                    embedded = true;
-                    continue;
-                }
-                _ => {}
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        for (flag, v) in [
+            ("--listen", f.listen),
+            ("--advertise", f.advertise),
+            ("--metrics-listen", f.metrics_listen),
+            ("--max-body-size", f.max_body_size),
+            ("--call-timeout-ms", f.call_timeout_ms),
+            ("--max-in-flight", f.max_in_flight),
+            ("--connections", f.connections),
+            ("--broker-listen", f.broker_listen),
+            ("--store-dir", f.store_dir),
+            ("--flush", f.flush),
+            ("--broker-name", f.broker_name),
+        ] {
+            if let Some(v) = v {
+                pairs.push((flag, v));
             }
-            let value = it
-                .next()
-                .ok_or_else(|| ConfigError(format!("{flag} needs a value")))?;
+        }
+        pairs.extend(f.topic.into_iter().map(|t| ("--topic", t)));
+        for (flag, value) in pairs {
+            let value = &value;
             let bad = |what: &str| ConfigError(format!("{flag} {value}: {what}"));
-            match flag.as_str() {
-                "--config" => {}
+            match flag {
                 "--listen" => cfg.listen = value.clone(),
-                "--broker" => brokers.push(value.clone()),
                 "--advertise" => cfg.advertise = Some(value.clone()),
                 "--metrics-listen" => cfg.metrics_listen = Some(value.clone()),
                 "--max-body-size" => {
@@ -169,10 +255,7 @@ impl ProxyConfig {
                     cfg.connections_per_broker = value.parse().map_err(|_| bad("not a number"))?
                 }
                 "--broker-listen" => broker_args.extend(["--listen".into(), value.clone()]),
-                "--store-dir" | "--flush" | "--topic" | "--broker-name" => {
-                    broker_args.extend([flag.clone(), value.clone()])
-                }
-                other => return Err(ConfigError(format!("unknown flag `{other}`\n{USAGE}"))),
+                other => broker_args.extend([other.to_owned(), value.clone()]),
             }
         }
         if !brokers.is_empty() {
@@ -321,6 +404,17 @@ mod tests {
             let e = ProxyConfig::from_args(&args(bad)).unwrap_err();
             assert!(!e.0.is_empty(), "{bad}");
         }
+        for (bad, flag) in [
+            ("--broker tcp://h:1 --bogus 1", "--bogus"),
+            ("--broker", "--broker"),
+        ] {
+            let e = ProxyConfig::from_args(&args(bad)).unwrap_err();
+            assert!(e.0.contains(flag), "{bad}: the error names {flag}: {e}");
+        }
+        assert!(
+            super::usage().contains("RDMQ_PROXY_BROKER"),
+            "help shows the environment variables"
+        );
         assert!(ProxyConfig::from_toml("nope = 1").is_err());
     }
 

@@ -39,7 +39,7 @@ pub fn proxy_main(args: Vec<String>) -> std::process::ExitCode {
     let cfg = match ProxyConfig::from_args(&args) {
         Ok(Some(c)) => c,
         Ok(None) => {
-            print!("{}", config::USAGE);
+            print!("{}", config::usage());
             return std::process::ExitCode::SUCCESS;
         }
         Err(e) => {
