@@ -11,33 +11,66 @@ use rdmq_transport::rdma::{PollMode, RdmaConfig, RdmaTransport};
 use rdmq_transport::tcp::TcpTransport;
 use rdmq_transport::{Endpoint, Scheme, Transport};
 
-const USAGE: &str =
-    "usage: rdmq-bench <command> [--iterations N] [--only tcp,rdma-sim,rdma] [--sizes 128,1024]
-                  [--producers N] [--dir DIR] [--modes async,sync]
+/// `rdmq-bench`: rdmq's system benchmarks. Every number names its transport and label.
+#[derive(Debug, clap::Parser)]
+#[command(name = "rdmq-bench", disable_version_flag = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-commands:
-  transport   round-trip p50/p99 and pipelined messages/s of one connection, for 128 B, 1 KiB
-              and 4 KiB bodies, over TCP loopback (the baseline), rdma-sim, and real RDMA when
-              a device is present (SoftRoCE in a qemu guest is labelled emulated)
-  sim         rdma-sim alone: SEND ping-pong p50/p99 and one-way messages/s, in one process
-              and across two processes, with the simulated NIC's share of CPU time
-  store       the broker's store: append throughput and latency of 1 KiB messages (--sizes)
-              in ASYNC and SYNC flush modes, from --producers concurrent producers on one
-              core, with CPU cores used; files go under --dir (default target/store-bench);
-              --modes async,sync picks the flush modes
-  pop         pop + ack throughput of 1 KiB messages (--sizes): --producers consumers
-              (default 16) pop batches of 32 and ack each message, in ASYNC and SYNC modes;
-              every pop and ack is logged through the commit log before it is answered
-  e2e         end to end through rdmq-proxy: gRPC SendMessage of 1 KiB (--sizes) → proxy →
-              SEND_MESSAGE_V2 to an embedded broker over TCP and over rdma-sim (--only), one
-              in flight (p50/p99) and 16 in flight (messages/s, CPU µs per message), in one
-              run with the rdma-sim/TCP ratios
-  headline    the reference deployment's three numbers (broker CPU, proxy CPU, send RT, RDMA
-              vs TCP) with broker and proxy in processes of their own at fixed offered rates;
-              `rdmq-bench headline --help` for its options
-  timers      timer firing accuracy: --iterations timers (default 200000) due over 5 s are
-              parked, fired by the timing wheel, and their lateness reported (p50/p99/max)
-";
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Round-trip p50/p99 and pipelined messages/s of one connection, for 128 B, 1 KiB and 4 KiB
+    /// bodies, over TCP loopback (the baseline), rdma-sim, and real RDMA when a device is present
+    Transport(Common),
+    /// rdma-sim alone: SEND ping-pong p50/p99 and one-way messages/s, in one process and across
+    /// two, with the simulated NIC's share of CPU time
+    Sim(Common),
+    /// The broker's store: append throughput and latency (ASYNC and SYNC) from --producers
+    /// concurrent producers on one core; files under --dir (default target/store-bench)
+    Store(Common),
+    /// Pop + ack throughput: --producers consumers (default 16) pop batches of 32 and ack each
+    /// message, in ASYNC and SYNC modes
+    Pop(Common),
+    /// End to end through rdmq-proxy in one process: gRPC SendMessage → proxy → embedded broker
+    /// over TCP and rdma-sim, with the rdma-sim/TCP ratios
+    E2e(Common),
+    /// The reference deployment's three numbers with broker and proxy in processes of their own
+    /// at fixed offered rates (see `rdmq-bench headline --help`)
+    Headline(rdmq_bench::headline::cli::Flags),
+    /// Timer firing accuracy: --iterations timers (default 200000) due over 5 s, lateness
+    /// p50/p99/max
+    Timers(Common),
+}
+
+/// Flags the benchmarks share (each also from `RDMQ_BENCH_<FLAG>`).
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// Iterations (per command default)
+    #[arg(long, short = 'n', value_name = "N", env = "RDMQ_BENCH_ITERATIONS")]
+    iterations: Option<u64>,
+    /// Transports to run: tcp, rdma-sim, rdma
+    #[arg(long, value_name = "LIST", env = "RDMQ_BENCH_ONLY")]
+    only: Option<String>,
+    /// Body sizes in bytes
+    #[arg(
+        long,
+        value_name = "LIST",
+        env = "RDMQ_BENCH_SIZES",
+        value_delimiter = ','
+    )]
+    sizes: Vec<usize>,
+    /// Concurrent producers (store) or consumers (pop)
+    #[arg(long, value_name = "N", env = "RDMQ_BENCH_PRODUCERS", value_parser = clap::value_parser!(u64).range(1..))]
+    producers: Option<u64>,
+    /// Store directory
+    #[arg(long, value_name = "DIR", env = "RDMQ_BENCH_DIR")]
+    dir: Option<std::path::PathBuf>,
+    /// Flush modes: async, sync
+    #[arg(long, value_name = "LIST", env = "RDMQ_BENCH_MODES", value_delimiter = ',', value_parser = ["async", "sync"])]
+    modes: Vec<String>,
+}
 
 struct Args {
     command: String,
@@ -50,73 +83,49 @@ struct Args {
     modes: Vec<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = std::env::args().skip(1);
-    let command = args.next().ok_or_else(|| USAGE.to_owned())?;
+/// The parsed command, with each command's defaults filled in; `Err` carries clap's exit.
+fn parse_args(argv: &[String]) -> Result<Args, clap::Error> {
+    use clap::Parser;
+    let cli =
+        Cli::try_parse_from(std::iter::once("rdmq-bench".to_owned()).chain(argv.iter().cloned()))?;
+    let (command, c) = match cli.command {
+        Cmd::Transport(c) => ("transport", c),
+        Cmd::Sim(c) => ("sim", c),
+        Cmd::Store(c) => ("store", c),
+        Cmd::Pop(c) => ("pop", c),
+        Cmd::E2e(c) => ("e2e", c),
+        Cmd::Timers(c) => ("timers", c),
+        Cmd::Headline(_) => unreachable!("headline is dispatched before"),
+    };
     // Store appends are cheap: a longer default run for stable numbers.
-    let mut iterations = match command.as_str() {
+    let iterations = c.iterations.unwrap_or(match command {
         "store" => 400_000,
         "pop" => 100_000,
         "timers" => 200_000,
         "e2e" => 5_000,
         _ => 20_000,
-    };
-    let mut only = None;
-    let mut sizes = vec![128, 1024, 4096];
-    let mut sizes_given = false;
-    let mut producers = if command == "pop" { 16 } else { 256 };
-    let mut dir = std::path::PathBuf::from("target/store-bench");
-    let mut modes = vec!["async".to_owned(), "sync".to_owned()];
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--sizes" => {
-                sizes = args
-                    .next()
-                    .ok_or("--sizes needs a list")?
-                    .split(',')
-                    .map(|v| v.parse().map_err(|_| format!("bad size `{v}`")))
-                    .collect::<Result<_, _>>()?;
-                sizes_given = true;
-            }
-            "--producers" => {
-                producers = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|p| *p > 0)
-                    .ok_or("--producers needs a positive number")?;
-            }
-            "--modes" => {
-                modes = args
-                    .next()
-                    .ok_or("--modes needs a list")?
-                    .split(',')
-                    .map(|m| m.trim().to_ascii_lowercase())
-                    .collect();
-                if let Some(bad) = modes.iter().find(|m| *m != "async" && *m != "sync") {
-                    return Err(format!("unknown flush mode `{bad}` (async, sync)"));
-                }
-            }
-            "--dir" => dir = args.next().ok_or("--dir needs a directory")?.into(),
-            "--only" => only = Some(args.next().ok_or("--only needs a transport name")?),
-            "--iterations" | "-n" => {
-                iterations = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--iterations needs a number")?;
-            }
-            "--help" | "-h" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument `{other}`\n\n{USAGE}")),
-        }
-    }
+    });
+    let sizes_given = !c.sizes.is_empty();
     Ok(Args {
-        command,
+        command: command.to_owned(),
         iterations,
-        only,
-        sizes,
+        only: c.only,
+        sizes: if sizes_given {
+            c.sizes
+        } else {
+            vec![128, 1024, 4096]
+        },
         sizes_given,
-        producers,
-        dir,
-        modes,
+        producers: c
+            .producers
+            .map(|p| p as usize)
+            .unwrap_or(if command == "pop" { 16 } else { 256 }),
+        dir: c.dir.unwrap_or_else(|| "target/store-bench".into()),
+        modes: if c.modes.is_empty() {
+            vec!["async".to_owned(), "sync".to_owned()]
+        } else {
+            c.modes
+        },
     })
 }
 
@@ -542,13 +551,17 @@ fn main() -> ExitCode {
         Some("loadgen") => return rdmq_bench::headline::loadgen::main(&argv[1..]),
         Some("broker") => return rdmq_broker::serve::broker_main(argv[1..].to_vec()),
         Some("proxy") => return rdmq_proxy::proxy_main(argv[1..].to_vec()),
+        Some("sim-peer") => {
+            sim::peer_main();
+            return ExitCode::SUCCESS;
+        }
         _ => {}
     }
-    let args = match parse_args() {
+    let args = match parse_args(&argv) {
         Ok(a) => a,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(2);
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
     let own_runtime = match args.command.as_str() {
@@ -576,11 +589,7 @@ fn main() -> ExitCode {
             "transport" => transport_command(&args).await,
             "e2e" => e2e_command(&args).await,
             "sim" => sim_bench(args.iterations),
-            "sim-peer" => {
-                sim::peer_main();
-                Ok(())
-            }
-            other => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+            other => Err(format!("unknown command `{other}`")),
         }
     });
     match result {
