@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-log() { printf '\n== %s\n' "$*"; }
+# Every stage line carries the seconds since the start: the ledger of what each stage costs.
+log() { printf '\n== [%4ds] %s\n' "$SECONDS" "$*"; }
 
 # --- what a fresh machine lacks -------------------------------------------------------------
 apt_missing=()
