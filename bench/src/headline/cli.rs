@@ -188,9 +188,12 @@ pub fn main(args: &[String]) -> ExitCode {
     let failed: u64 = results.cells.iter().map(|c| c.errors).sum();
     if failed > 0 {
         eprintln!(
-            "rdmq-bench headline: {failed} operations failed (see the table's errors column)"
+            "rdmq-bench headline: {failed} operations failed (the table's errors column; first errors in headline.json)"
         );
-        return ExitCode::FAILURE;
+        // At the smoke's low rates nothing may fail; in a full run a failing point is a result.
+        if opts.smoke {
+            return ExitCode::FAILURE;
+        }
     }
     ExitCode::SUCCESS
 }
