@@ -540,7 +540,6 @@ pub fn charts(rows: &[Row], transports: &[String]) -> (String, String) {
     for (i, t) in transports.iter().enumerate() {
         let mine: Vec<&&Row> = sends.iter().filter(|r| &r.transport == t).collect();
         let color = COLORS[i % COLORS.len()];
-        let lbl = label(t);
         let pts = |f: &dyn Fn(&Row) -> f64| mine.iter().map(|r| (r.offered, f(r))).collect();
         cpu.push(Series {
             name: format!("broker, {t}"),
@@ -566,7 +565,6 @@ pub fn charts(rows: &[Row], transports: &[String]) -> (String, String) {
             dashed: true,
             points: pts(&|r| r.hop_p99_us.median),
         });
-        let _ = lbl;
     }
     let labels = transports
         .iter()
