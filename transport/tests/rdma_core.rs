@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use rdma_sim::Fabric;
 use rdmq_transport::rdma::core::{Core, CoreConfig, CoreError, Event, Outgoing, Peer};
 use rdmq_transport::rdma::memory::{Arena, SlotRegion};
-use rdmq_transport::rdma::post;
+use rdmq_transport::rdma::post::{PostBuffers, RecvPost};
 use rdmq_transport::rdma::sim::SimVerbs;
 use rdmq_transport::rdma::verbs::{
     Completion, QpConfig, Registration, RemoteAccess, Verbs, VerbsQp, WcError,
@@ -26,6 +26,7 @@ struct Side {
     recv: Arc<SlotRegion>,
     _reg: Registration,
     lkey: u32,
+    post: PostBuffers,
     /// Frames received, in order (copied out; slots released per `hold`).
     received: Vec<Vec<u8>>,
     /// Slots lent and not yet released (simulating an application holding buffers).
@@ -86,6 +87,7 @@ fn side(v: &SimVerbs, cfg: &CoreConfig, qp_cfg: &QpConfig) -> (Side, [u8; 16], u
             recv,
             _reg: reg,
             lkey,
+            post: PostBuffers::default(),
             received: Vec::new(),
             held: VecDeque::new(),
             release: true,
@@ -266,8 +268,8 @@ fn step_side(s: &mut Side, now: u64) -> bool {
     let mut recvs = Vec::new();
     s.core.poll_recv_posts(&mut recvs);
     if !recvs.is_empty() && s.repost {
-        let reqs = post::recv_requests(&recvs, &s.recv, s.lkey);
-        if s.qp.post_recv(&reqs).is_err() {
+        let reqs = s.post.recv(RecvPost::new(&recvs, &s.recv, s.lkey));
+        if s.qp.post_recv(reqs).is_err() {
             s.core.fail(CoreError::Protocol("post_recv".into()));
         }
         moved = true;
@@ -281,9 +283,11 @@ fn step_side(s: &mut Side, now: u64) -> bool {
                 slot.as_mut_slice()[..data.len()].copy_from_slice(data);
             }
         }
-        let sges = post::send_sges(&sends, &s.send, s.lkey);
-        let reqs = post::send_requests(&sends, &sges);
-        if s.qp.post_send(&reqs).is_err() {
+        let qp = &mut s.qp;
+        let posted = s
+            .post
+            .send(&sends, &s.send, s.lkey, |reqs| qp.post_send(reqs));
+        if posted.is_err() {
             s.core.fail(CoreError::Protocol("post_send".into()));
         }
         moved = true;

@@ -138,7 +138,10 @@ pub struct SlotRegion {
     out: Box<[AtomicBool]>,
     returned: Mutex<Vec<u32>>,
     returned_count: std::sync::atomic::AtomicUsize,
-    /// Woken when a view is dropped, so an idle driver re-posts the slot (and returns credit).
+    /// Whether a dropped view wakes [`SlotRegion::returned_notify`]'s waiter.
+    wake_on_return: AtomicBool,
+    /// Woken when a view is dropped while [`SlotRegion::set_wake_on_return`] is on, so an idle
+    /// driver re-posts the slot (and returns credit) when the peer needs it soon.
     pub(crate) returned_notify: tokio::sync::Notify,
 }
 
@@ -165,6 +168,7 @@ impl SlotRegion {
             out: (0..count).map(|_| AtomicBool::new(false)).collect(),
             returned: Mutex::new(Vec::new()),
             returned_count: std::sync::atomic::AtomicUsize::new(0),
+            wake_on_return: AtomicBool::new(true),
             returned_notify: tokio::sync::Notify::new(),
         })
     }
@@ -206,6 +210,13 @@ impl SlotRegion {
     /// True if views were dropped since the last [`SlotRegion::take_returned`].
     pub fn has_returned(&self) -> bool {
         self.returned_count.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether dropping a received-frame view wakes the link's background task. Off while the
+    /// peer has credits to spare: returned slots are then collected by the next poll, at no
+    /// wake-up per message.
+    pub fn set_wake_on_return(&self, on: bool) {
+        self.wake_on_return.store(on, Ordering::Relaxed);
     }
 
     /// Slots whose received-frame views were dropped since the last call (to re-post).
@@ -335,7 +346,9 @@ impl Drop for ReceivedView {
         drop(slot);
         region.returned.lock().plain().push(idx);
         region.returned_count.fetch_add(1, Ordering::Release);
-        region.returned_notify.notify_one();
+        if region.wake_on_return.load(Ordering::Relaxed) {
+            region.returned_notify.notify_one();
+        }
     }
 }
 

@@ -6,8 +6,9 @@
 //!   larger frame travels as consecutive chunks (`Chunk` … `LastChunk`) and is reassembled.
 //! - **Credits.** We may only send while the peer has a receive posted for us: `peer_credits`
 //!   starts at the peer's `recv_slots` and each message spends one. Receivers return re-posted
-//!   slots in the immediate of whatever they send next; when they have nothing to send, an
-//!   explicit `CreditUpdate` goes out once half the window is owed or after `ack_delay`. Data
+//!   slots in the immediate of whatever they send next; an explicit `CreditUpdate` goes out
+//!   only when the peer runs short (below a quarter of the window, [`Core::credits_low`]),
+//!   once `ack_threshold` are owed, or after `ack_delay` of having nothing to send. Data
 //!   keeps `credit_reserve` credits back so control messages can always be sent, and slots
 //!   consumed by control messages are returned lazily, so updates never ping-pong.
 //! - **Completions.** Only every `signal_every`-th send is signaled (sooner when slots run
@@ -68,7 +69,8 @@ pub struct CoreConfig {
     pub credit_reserve: u32,
     /// Owed credits that trigger an immediate explicit update.
     pub ack_threshold: u32,
-    /// Longest wait before owed credits are returned explicitly (ns).
+    /// Longest wait before owed credits are returned explicitly while the peer still has
+    /// plenty (ns); when it runs short ([`Core::credits_low`]) they go at once.
     pub ack_delay: u64,
     /// Silence after which a keepalive is sent (ns).
     pub keepalive: u64,
@@ -88,7 +90,7 @@ impl Default for CoreConfig {
             signal_every: 16,
             credit_reserve: 4,
             ack_threshold: 128,
-            ack_delay: 50_000,
+            ack_delay: 5_000_000,
             keepalive: 1_000_000_000,
             dead_after: 3_000_000_000,
             max_queued_bytes: 64 << 20,
@@ -522,6 +524,9 @@ impl Core {
         if self.state == State::Failed {
             return;
         }
+        if self.urgent > 0 && self.credits_low() {
+            self.ack_needed = true;
+        }
         let Some(raw) = c.imm else {
             return self.fail(CoreError::Protocol("message without immediate data".into()));
         };
@@ -584,12 +589,29 @@ impl Core {
         self.unreported += 1;
         if urgent {
             self.urgent += 1;
-            if self.urgent >= self.cfg.ack_threshold {
+            if self.urgent >= self.cfg.ack_threshold || self.credits_low() {
                 self.ack_needed = true;
             } else if self.ack_deadline.is_none() {
                 self.ack_deadline = Some(self.now + self.cfg.ack_delay);
             }
         }
+    }
+
+    /// Credits the peer knows it has: receives posted (or about to be) minus those not yet
+    /// reported to it.
+    fn peer_view(&self) -> u32 {
+        (self.posted_recv + self.to_post.len() as u32).saturating_sub(self.unreported)
+    }
+
+    /// True when the peer is running short of credits: released receive slots should then be
+    /// reported promptly (an explicit update), not wait for a frame to carry them. Above this
+    /// mark returned credits ride on the next frame, so request/response traffic sends no
+    /// credit updates at all.
+    pub fn credits_low(&self) -> bool {
+        let mark = (self.cfg.recv_slots / 4)
+            .max(self.cfg.credit_reserve * 2)
+            .min(self.cfg.recv_slots);
+        self.peer_view() < mark
     }
 
     /// Handles timers due at `now`.
