@@ -98,6 +98,39 @@ fn sync_and_async_appends_read_back_identical() {
 }
 
 #[test]
+fn async_sends_are_written_by_their_own_task_and_sync_sends_by_the_flusher() {
+    for (flush, inline) in [
+        (
+            FlushMode::Async {
+                interval: Duration::from_millis(50),
+            },
+            true,
+        ),
+        (FlushMode::Sync, false),
+    ] {
+        let dir = tmp();
+        let store = Store::open(cfg(dir.path(), flush)).unwrap();
+        store.put_topic(TopicConfig::new("T", 1)).unwrap();
+        // A first append creates the segment file: that round is the flusher's.
+        rt().block_on(store.put(&[msg("T", 0, 0, 10)])).unwrap();
+        let before = store.write_rounds();
+        for i in 1..=100 {
+            rt().block_on(store.put(&[msg("T", 0, i, 100)])).unwrap();
+        }
+        let (by_task, by_flusher) = store.write_rounds();
+        let (by_task, by_flusher) = (by_task - before.0, by_flusher - before.1);
+        if inline {
+            assert_eq!((by_task, by_flusher), (100, 0), "{flush:?}");
+        } else {
+            assert_eq!(by_task, 0, "{flush:?}");
+            assert!(by_flusher >= 1, "{flush:?}");
+        }
+        assert_eq!(read_all(&store, "T", 0).len(), 101);
+        store.shutdown();
+    }
+}
+
+#[test]
 fn reopening_recovers_everything_and_continues_offsets() {
     let dir = tmp();
     {

@@ -3,34 +3,155 @@
 
 use super::*;
 
-/// The flusher: write, fsync in SYNC mode, dispatch, publish watermarks. Everything periodic
+/// The buffers of one write round, swapped with the append state's so rounds allocate
+/// nothing. Whoever writes holds them: the flusher thread, or in ASYNC mode the appending task
+/// itself when nobody else is writing ([`write_inline`]).
+#[derive(Default)]
+pub(super) struct WriteBuffers {
+    batch: Vec<u8>,
+    dispatch: Vec<Dispatch>,
+    index_pending: Vec<(u64, u64)>,
+    rolls: Vec<u64>,
+    /// Log offset of `batch`.
+    start: u64,
+    /// `batch` is the flusher thread's to write (a failed inline write, or one that creates
+    /// a segment: file creation and its directory fsync stay off the runtime threads).
+    handoff: bool,
+}
+
+impl WriteBuffers {
+    pub(super) fn new() -> Self {
+        Self {
+            batch: Vec::with_capacity(1 << 20),
+            ..Self::default()
+        }
+    }
+}
+
+/// Moves everything pending into `w`; false if nothing was.
+fn take_pending(sh: &Shared, w: &mut WriteBuffers) -> bool {
+    let mut st = sh.state.lock().or_abort("store state");
+    if st.pending.is_empty() {
+        return false;
+    }
+    w.start = st.pending_start;
+    st.pending_start = st.write_pos;
+    std::mem::swap(&mut st.pending, &mut w.batch);
+    std::mem::swap(&mut st.dispatch, &mut w.dispatch);
+    std::mem::swap(&mut st.index_pending, &mut w.index_pending);
+    std::mem::swap(&mut st.rolls, &mut w.rolls);
+    true
+}
+
+/// After a successful write of `w.batch`: fsync in SYNC mode, dispatch to the consume queues
+/// and the index, publish the watermarks, wake long polls.
+fn finish_round(sh: &Shared, w: &mut WriteBuffers) {
+    let (start, end) = (w.start, w.start + w.batch.len() as u64);
+    if sh.cfg.flush == FlushMode::Sync {
+        // A failed fsync may have dropped the dirty pages, so retrying proves nothing:
+        // nothing from here on is acknowledged, and the broker needs a restart (recovery
+        // re-reads what really is on disk).
+        if let Err(e) = sync_log(sh, start, end) {
+            fatal(sh, format!("fsync of the commit log failed: {e}"));
+        }
+    }
+    for d in w.dispatch.drain(..) {
+        if let Err(e) = d.queue.push(d.queue_offset, d.entry) {
+            tracing::error!(error = %e, "dispatch");
+        }
+    }
+    sh.index.add_hashed(&w.index_pending);
+    w.index_pending.clear();
+    w.batch.clear();
+    w.rolls.clear();
+    sh.written.advance(end);
+    if sh.cfg.flush == FlushMode::Sync && !is_fatal(sh) {
+        sh.durable.advance(end);
+    } else if end - sh.durable.get() >= ASYNC_SYNC_BYTES {
+        sh.sync_wake.notify_one();
+    }
+    sh.arrivals.send_modify(|v| *v += 1);
+}
+
+/// Rounds an appending task may write itself before it leaves the rest to the flusher.
+const INLINE_ROUNDS: usize = 4;
+
+/// ASYNC mode: the appending task writes what is pending itself (`pwrite` into the page cache,
+/// no fsync), dispatches it and publishes the watermark, so a send is acknowledged without a
+/// hand-off to the flusher thread and back. Returns false when it could not take the writer
+/// (someone else is writing, or a batch awaits the flusher): the caller then wakes the
+/// flusher. A failed write, or one that needs a new segment, is handed to the flusher.
+pub(super) fn write_inline(sh: &Shared) -> bool {
+    let mut w = match sh.writer.try_lock() {
+        Ok(w) => w,
+        Err(std::sync::TryLockError::WouldBlock) => return false,
+        Err(std::sync::TryLockError::Poisoned(p)) => Err(p).or_abort("the store writer"),
+    };
+    if w.handoff {
+        return false;
+    }
+    for _ in 0..INLINE_ROUNDS {
+        if !take_pending(sh, &mut w) {
+            return true;
+        }
+        if !w.rolls.is_empty() {
+            hand_off(sh, &mut w, None);
+            return true;
+        }
+        match write_batch(sh, w.start, &w.batch, &w.rolls) {
+            Ok(()) => {
+                finish_round(sh, &mut w);
+                sh.rounds_inline
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => {
+                hand_off(sh, &mut w, Some(format!("commit log write failed: {e}")));
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Leaves `w`'s batch to the flusher thread (with the failure that refuses appends meanwhile).
+fn hand_off(sh: &Shared, w: &mut WriteBuffers, failure: Option<String>) {
+    w.handoff = true;
+    {
+        let mut st = sh.state.lock().or_abort("store state");
+        if let Some(f) = failure {
+            tracing::error!(error = %f, "inline commit log write failed; the flusher retries");
+            st.failure = Some(f);
+        }
+        sh.handoff.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    sh.wake.notify_one();
+}
+
+/// The flusher: write, fsync in SYNC mode, dispatch, publish watermarks — for every append in
+/// SYNC mode, and in ASYNC mode for what appending tasks left to it. Everything periodic
 /// (ASYNC fsync, checkpoints, retention) runs in [`sync_loop`], so appends never wait for it.
 pub(super) fn flush_loop(sh: Arc<Shared>) {
     let mut retry_delay = Duration::from_millis(10);
-    // Buffers swapped with the append state's, so batches allocate nothing.
-    let mut batch: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut dispatch: Vec<Dispatch> = Vec::new();
-    let mut index_pending: Vec<(u64, u64)> = Vec::new();
-    let mut rolls: Vec<u64> = Vec::new();
     loop {
-        let (start, shutdown) = {
+        let shutdown = {
             let mut st = sh.state.lock().or_abort("store state");
-            while st.pending.is_empty() && !st.shutdown {
+            while st.pending.is_empty()
+                && !st.shutdown
+                && !sh.handoff.load(std::sync::atomic::Ordering::SeqCst)
+            {
                 st = sh.wake.wait(st).or_abort("store state");
             }
-            let start = st.pending_start;
-            st.pending_start = st.write_pos;
-            std::mem::swap(&mut st.pending, &mut batch);
-            std::mem::swap(&mut st.dispatch, &mut dispatch);
-            std::mem::swap(&mut st.index_pending, &mut index_pending);
-            std::mem::swap(&mut st.rolls, &mut rolls);
-            (start, st.shutdown)
+            st.shutdown
         };
-        if !batch.is_empty() {
+        let mut w = sh.writer.lock().or_abort("the store writer");
+        if !w.handoff {
+            take_pending(&sh, &mut w);
+        }
+        if !w.batch.is_empty() {
             // Write, retrying while it fails (disk full): nothing here is acknowledged yet, and
             // new appends are refused until it succeeds.
             loop {
-                match write_batch(&sh, start, &batch, &rolls) {
+                match write_batch(&sh, w.start, &w.batch, &w.rolls) {
                     Ok(()) => {
                         let mut st = sh.state.lock().or_abort("store state");
                         if !st.fatal {
@@ -49,35 +170,18 @@ pub(super) fn flush_loop(sh: Arc<Shared>) {
                     }
                 }
             }
-            let end = start + batch.len() as u64;
-            if sh.cfg.flush == FlushMode::Sync {
-                // A failed fsync may have dropped the dirty pages, so retrying proves nothing:
-                // nothing from here on is acknowledged, and the broker needs a restart (recovery
-                // re-reads what really is on disk).
-                if let Err(e) = sync_log(&sh, start, end) {
-                    fatal(&sh, format!("fsync of the commit log failed: {e}"));
-                }
-            }
-            for d in dispatch.drain(..) {
-                if let Err(e) = d.queue.push(d.queue_offset, d.entry) {
-                    tracing::error!(error = %e, "dispatch");
-                }
-            }
-            sh.index.add_hashed(&index_pending);
-            index_pending.clear();
-            batch.clear();
-            rolls.clear();
-            sh.written.advance(end);
-            if sh.cfg.flush == FlushMode::Sync && !is_fatal(&sh) {
-                sh.durable.advance(end);
-            } else if end - sh.durable.get() >= ASYNC_SYNC_BYTES {
-                sh.sync_wake.notify_one();
-            }
-            sh.arrivals.send_modify(|v| *v += 1);
+            finish_round(&sh, &mut w);
+            sh.rounds_flusher
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        w.handoff = false;
+        sh.handoff.store(false, std::sync::atomic::Ordering::SeqCst);
+        drop(w);
         if shutdown {
+            // An appending task may be mid-write: the writer lock waits for it.
+            let _w = sh.writer.lock().or_abort("the store writer");
             let st = sh.state.lock().or_abort("store state");
-            if st.pending.is_empty() {
+            if st.pending.is_empty() && !sh.handoff.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
         }

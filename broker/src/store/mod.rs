@@ -197,6 +197,13 @@ pub(crate) struct Shared {
     cfg: StoreConfig,
     state: Mutex<AppendState>,
     wake: Condvar,
+    /// The write round's buffers, held by whoever writes (flusher or an appending task).
+    writer: Mutex<flush::WriteBuffers>,
+    /// A batch in `writer` awaits the flusher thread.
+    handoff: std::sync::atomic::AtomicBool,
+    /// Write rounds run by appending tasks and by the flusher thread.
+    rounds_inline: std::sync::atomic::AtomicU64,
+    rounds_flusher: std::sync::atomic::AtomicU64,
     /// Wakes the syncer (shutdown).
     sync_wake: Condvar,
     /// Set once the flusher has written everything and stopped.
@@ -408,7 +415,13 @@ impl Store {
             });
         }
         drop(st);
-        self.shared.wake.notify_one();
+        // ASYNC: write it from this task when nobody else is (no thread hand-off per send);
+        // SYNC: the flusher thread writes and fsyncs.
+        let inline =
+            matches!(cfg.flush, FlushMode::Async { .. }) && flush::write_inline(&self.shared);
+        if !inline {
+            self.shared.wake.notify_one();
+        }
         Ok(out)
     }
 
@@ -453,6 +466,16 @@ impl Store {
             Some(why) => Err(StoreError::Busy(why.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Write rounds so far: `(by appending tasks, by the flusher thread)`. In ASYNC mode an
+    /// uncontended send is written by its own task; SYNC mode writes on the flusher only.
+    pub fn write_rounds(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.shared.rounds_inline.load(Relaxed),
+            self.shared.rounds_flusher.load(Relaxed),
+        )
     }
 
     /// Waits until everything up to `end` is stored per the flush policy (fsynced in SYNC
