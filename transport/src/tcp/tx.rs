@@ -1,13 +1,17 @@
-//! Sending half of the TCP backend: a budget of in-flight bytes, and one writer task per
-//! connection that gathers every queued frame into a single vectored write.
+//! Sending half of the TCP backend: a budget of in-flight bytes; the sending task writes its
+//! frame to the socket itself when nothing is queued ahead of it (one non-blocking vectored
+//! write, no hand-off), and a writer task per connection takes over whatever cannot go at once
+//! (a full socket buffer, a frame queued behind another), gathering every queued frame into a
+//! single vectored write.
 
 use std::io::IoSlice;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::TcpConfig;
 use crate::codec::FrameWrite;
@@ -16,10 +20,24 @@ use crate::error::TransportError;
 use crate::link::{FrameBuf, LinkTx};
 use crate::signal::DeadSignal;
 
+/// Sends closer together than this after an inline write are a burst, left to the writer task
+/// to coalesce (one write for many frames instead of a write each).
+const BURST_NS: u64 = 50_000;
+
 /// Sending half of a TCP link; cheap to share between tasks.
 #[derive(Debug)]
 pub struct TcpTx {
     queue: mpsc::UnboundedSender<TxMsg>,
+    /// The socket's write half, held by whoever writes (a sender inline, or the writer task);
+    /// `None` once the writer has ended.
+    socket: Arc<Mutex<Option<OwnedWriteHalf>>>,
+    /// Frames handed to the writer task and not yet written: a sender writes inline only
+    /// when this is zero, so frames leave in order.
+    handed_over: Arc<AtomicUsize>,
+    /// When the last inline write happened (ns since `epoch`): a send soon after it is part of
+    /// a burst and goes to the writer task, which coalesces the burst into one write.
+    last_inline: AtomicU64,
+    epoch: std::time::Instant,
     budget: Arc<Semaphore>,
     max_inflight: usize,
     zero_copy_min: usize,
@@ -94,9 +112,12 @@ impl TcpTx {
         let (queue, rx) = mpsc::unbounded_channel();
         let max_inflight = config.max_inflight_bytes.clamp(1, u32::MAX as usize);
         let budget = Arc::new(Semaphore::new(max_inflight));
+        let socket = Arc::new(Mutex::new(Some(w)));
+        let handed_over = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             rx,
-            w,
+            socket: socket.clone(),
+            handed_over: handed_over.clone(),
             counters: counters.clone(),
             dead: dead.clone(),
             budget: budget.clone(),
@@ -105,12 +126,24 @@ impl TcpTx {
         tokio::spawn(writer.run());
         Self {
             queue,
+            socket,
+            handed_over,
+            last_inline: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
             budget,
             max_inflight,
             zero_copy_min: config.zero_copy_min,
             counters,
             dead,
         }
+    }
+
+    fn hand_over(&self, frame: Frame) -> Result<(), TransportError> {
+        self.handed_over.fetch_add(1, Ordering::AcqRel);
+        self.queue.send(TxMsg::Frame(frame)).map_err(|_| {
+            self.handed_over.fetch_sub(1, Ordering::AcqRel);
+            self.closed_error()
+        })
     }
 
     fn closed_error(&self) -> TransportError {
@@ -165,13 +198,33 @@ impl LinkTx for TcpTx {
         if !buf.head.is_empty() {
             buf.segments.push(buf.head.freeze());
         }
-        let frame = Frame {
+        let mut frame = Frame {
             segments: buf.segments,
             _reservation: buf.reservation,
         };
-        self.queue
-            .send(TxMsg::Frame(frame))
-            .map_err(|_| self.closed_error())
+        // Nothing queued ahead, nobody writing, no burst under way: write it from this task.
+        let now = self.epoch.elapsed().as_nanos() as u64 + BURST_NS;
+        if self.handed_over.load(Ordering::Acquire) == 0
+            && now - self.last_inline.swap(now, Ordering::Relaxed) >= BURST_NS
+            && let Ok(mut socket) = self.socket.try_lock()
+            && self.handed_over.load(Ordering::Acquire) == 0
+        {
+            let Some(w) = socket.as_mut() else {
+                return Err(self.closed_error());
+            };
+            match write_now(w, &mut frame, &self.counters) {
+                Ok(true) => return Ok(()),
+                // The rest goes first in the writer's queue (nothing is ahead of it), queued
+                // before the socket is released so no other sender can overtake it.
+                Ok(false) => return self.hand_over(frame),
+                Err(e) => {
+                    let e = TransportError::ConnectionLost(format!("write failed: {e}"));
+                    self.dead.trigger(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        self.hand_over(frame)
     }
 
     async fn close(&self) {
@@ -189,7 +242,8 @@ impl LinkTx for TcpTx {
 
 struct Writer {
     rx: mpsc::UnboundedReceiver<TxMsg>,
-    w: OwnedWriteHalf,
+    socket: Arc<Mutex<Option<OwnedWriteHalf>>>,
+    handed_over: Arc<AtomicUsize>,
     counters: Arc<LinkCounters>,
     dead: Arc<DeadSignal>,
     budget: Arc<Semaphore>,
@@ -225,27 +279,75 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let mut socket = self.socket.lock().await;
+            let Some(w) = socket.as_mut() else { break };
             if !batch.is_empty() {
                 let written = tokio::select! {
                     biased;
                     _ = self.dead.wait() => break,
-                    r = write_batch(&mut self.w, &batch, &self.counters) => r,
+                    r = write_batch(w, &batch, &self.counters) => r,
                 };
                 if let Err(e) = written {
                     self.dead
                         .trigger(TransportError::ConnectionLost(format!("write failed: {e}")));
                     break;
                 }
+                self.handed_over.fetch_sub(batch.len(), Ordering::AcqRel);
                 batch.clear();
             }
             if let Some(ack) = close_ack {
-                let _ = self.w.shutdown().await;
+                let _ = w.shutdown().await;
                 let _ = ack.send(());
                 break;
             }
         }
+        // The write half goes with the writer (its drop tells the peer).
+        self.socket.lock().await.take();
         self.budget.close();
     }
+}
+
+/// One non-blocking vectored write of `frame`: true if it all went; else what was written is
+/// cut off the front of `frame` (a full socket buffer), for the writer task to finish.
+fn write_now(
+    w: &OwnedWriteHalf,
+    frame: &mut Frame,
+    counters: &LinkCounters,
+) -> std::io::Result<bool> {
+    let total: usize = frame.segments.iter().map(|b| b.len()).sum();
+    let mut slices = [IoSlice::new(&[]); 8];
+    let n = frame.segments.len().min(slices.len());
+    for (slot, seg) in slices.iter_mut().zip(&frame.segments) {
+        *slot = IoSlice::new(seg);
+    }
+    let written = match w.try_write_vectored(&slices[..n]) {
+        Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+        Ok(k) => k,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if written > 0 {
+        LinkCounters::add(&counters.send_calls, 1);
+    }
+    if written == total {
+        LinkCounters::add(&counters.frames_sent, 1);
+        LinkCounters::add(&counters.bytes_sent, total as u64);
+        return Ok(true);
+    }
+    // Drop the written prefix; the writer task counts the frame when it finishes it.
+    let mut skip = written;
+    frame.segments.retain_mut(|seg| {
+        if skip >= seg.len() {
+            skip -= seg.len();
+            false
+        } else {
+            bytes::Buf::advance(seg, skip);
+            skip = 0;
+            true
+        }
+    });
+    LinkCounters::add(&counters.bytes_sent, written as u64);
+    Ok(false)
 }
 
 async fn write_batch(
