@@ -124,6 +124,14 @@ impl Cluster {
         } else {
             &self.client
         };
+        // Binary (ROCKETMQ) headers on the hop: cheaper to encode and decode than JSON, and
+        // the broker answers in the same form. That header carries the code in 16 bits, so the
+        // Pop family (200050…) stays on JSON, as RocketMQ's own clients do.
+        let request = if i16::try_from(request.code).is_ok() {
+            request.with_serialize_type(rdmq_transport::codec::SerializeType::RocketMq)
+        } else {
+            request
+        };
         client
             .invoke(endpoint, request, Some(timeout))
             .await
