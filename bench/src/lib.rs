@@ -4,6 +4,8 @@
 //! generator processes).
 
 pub mod affinity;
+pub mod alloc_count;
+pub mod crossproc;
 pub mod e2e;
 pub mod headline;
 pub mod pop;

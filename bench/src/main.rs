@@ -70,6 +70,13 @@ struct Common {
     /// Flush modes: async, sync
     #[arg(long, value_name = "LIST", env = "RDMQ_BENCH_MODES", value_delimiter = ',', value_parser = ["async", "sync"])]
     modes: Vec<String>,
+    /// transport: the server in a process of its own (tcp, rdma-sim event and busy-poll), with
+    /// CPU, NIC work, wake-ups, syscalls and allocations per call at --rate
+    #[arg(long, env = "RDMQ_BENCH_CROSS_PROCESS")]
+    cross_process: bool,
+    /// transport --cross-process: calls per second of the paced phase (default 1000)
+    #[arg(long, value_name = "N", env = "RDMQ_BENCH_RATE")]
+    rate: Option<u64>,
 }
 
 struct Args {
@@ -81,6 +88,8 @@ struct Args {
     producers: usize,
     dir: std::path::PathBuf,
     modes: Vec<String>,
+    cross_process: bool,
+    rate: u64,
 }
 
 /// The parsed command, with each command's defaults filled in; `Err` carries clap's exit.
@@ -126,6 +135,8 @@ fn parse_args(argv: &[String]) -> Result<Args, clap::Error> {
         } else {
             c.modes
         },
+        cross_process: c.cross_process,
+        rate: c.rate.unwrap_or(1000),
     })
 }
 
@@ -222,6 +233,28 @@ fn print_ratios(name: &str, base: &SizeResults, other: &SizeResults, goals: &str
 }
 
 async fn transport_command(args: &Args) -> Result<(), String> {
+    if args.cross_process {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        return rdmq_bench::crossproc::run(
+            &exe,
+            rdmq_bench::crossproc::Settings {
+                iterations: args.iterations,
+                size: if args.sizes_given {
+                    args.sizes[0]
+                } else {
+                    1024
+                },
+                rate: args.rate,
+                window: std::time::Duration::from_secs(3),
+                only: args
+                    .only
+                    .as_deref()
+                    .map(|o| o.split(',').map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            },
+        )
+        .await;
+    }
     println!(
         "# rdmq-bench transport: one connection, client and server in one current-thread runtime"
     );
@@ -542,6 +575,9 @@ fn timer_bench(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+#[global_allocator]
+static ALLOCATOR: rdmq_bench::alloc_count::Counting = rdmq_bench::alloc_count::Counting;
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // Commands with flags of their own; `broker`, `proxy` and `loadgen` are the processes the
@@ -549,6 +585,7 @@ fn main() -> ExitCode {
     match argv.first().map(String::as_str) {
         Some("headline") => return rdmq_bench::headline::cli::main(&argv[1..]),
         Some("loadgen") => return rdmq_bench::headline::loadgen::main(&argv[1..]),
+        Some("echo-peer") => return rdmq_bench::crossproc::peer_main(&argv[1..]),
         Some("broker") => return rdmq_broker::serve::broker_main(argv[1..].to_vec()),
         Some("proxy") => return rdmq_proxy::proxy_main(argv[1..].to_vec()),
         Some("sim-peer") => {

@@ -17,6 +17,7 @@ pub struct Proc {
     pub role: &'static str,
     child: Child,
     lines: mpsc::Receiver<String>,
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl Proc {
@@ -28,10 +29,37 @@ impl Proc {
         cpus: Option<&[usize]>,
         log: &Path,
     ) -> Result<Proc, String> {
+        Self::start(role, exe, args, cpus, log, false)
+    }
+
+    /// As [`Proc::spawn`], with stdin piped for [`Proc::send_line`] (its end, when the `Proc`
+    /// drops, tells the process to finish).
+    pub fn spawn_interactive(
+        role: &'static str,
+        exe: &Path,
+        args: &[String],
+        cpus: Option<&[usize]>,
+        log: &Path,
+    ) -> Result<Proc, String> {
+        Self::start(role, exe, args, cpus, log, true)
+    }
+
+    fn start(
+        role: &'static str,
+        exe: &Path,
+        args: &[String],
+        cpus: Option<&[usize]>,
+        log: &Path,
+        interactive: bool,
+    ) -> Result<Proc, String> {
         let err = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let mut cmd = Command::new(exe);
         cmd.args(args)
-            .stdin(Stdio::null())
+            .stdin(if interactive {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(err)
             .env("RUST_LOG", "warn");
@@ -42,6 +70,7 @@ impl Proc {
             .spawn()
             .map_err(|e| format!("cannot start {role} ({}): {e}", exe.display()))?;
         let stdout = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -51,7 +80,24 @@ impl Proc {
                 }
             }
         });
-        Ok(Proc { role, child, lines })
+        Ok(Proc {
+            role,
+            child,
+            lines,
+            stdin,
+        })
+    }
+
+    /// Writes `line` to the process's stdin (started with [`Proc::spawn_interactive`]).
+    pub fn send_line(&mut self, line: &str) -> Result<(), String> {
+        use std::io::Write;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| format!("{} has no stdin", self.role))?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("{}: {e}", self.role))
     }
 
     /// The process id.
