@@ -68,6 +68,6 @@ pub use nic::{Fabric, FabricConfig, NetStats, NicStats, QpAddress};
 pub use verbs::{
     AsyncEvent, CompletionChannel, CompletionQueue, Context, DEVICE_ATTR, Device, DeviceAttr, Gid,
     MemoryRegion, OwnedRegion, ProtectionDomain, QpAttr, QpCaps, QpInitAttr, QpState, QueuePair,
-    devices,
+    ReadyCounter, devices,
 };
 pub use wr::{Access, Opcode, RecvWr, RemoteAddr, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion};
