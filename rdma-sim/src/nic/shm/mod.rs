@@ -48,6 +48,8 @@ const REQUEST: u8 = 1;
 const ACCEPT: u8 = 2;
 const REFUSE: u8 = 3;
 const ERROR: u8 = 4;
+/// The sender destroyed (or reset) its QP: the link's end is then not a death.
+const GONE: u8 = 5;
 
 /// Most regions a PD may have to attach (each travels as one descriptor).
 const MAX_REGIONS: usize = fdpass::MAX_FDS - 3;
@@ -70,7 +72,10 @@ impl Drop for Attach {
     fn drop(&mut self) {
         self.own.set_state(qp_state::GONE);
         if let Some(p) = &self.peer {
+            let mut m = Vec::new();
+            header(&mut m, GONE, p.addr, p.addr.qpn);
             for (_, s) in &p.links {
+                let _ = send_frame(s, &m, &[]);
                 let _ = s.shutdown(std::net::Shutdown::Both);
             }
         }
@@ -351,19 +356,25 @@ fn refuse(sock: &UnixStream, to: QpAddress) {
     let _ = send_frame(sock, &m, &[]);
 }
 
-/// Blocks on the control link: an error notice or the end of the stream (peer process gone,
-/// peer QP destroyed) moves the local QP to ERR.
+/// Blocks on the control link: an error notice, or the end of the stream without a notice
+/// that the peer QP was destroyed (the peer process died), moves the local QP to ERR. A
+/// destroyed peer QP is seen by senders in its shared state word (`RETRY_EXC_ERR`), as a real
+/// requester would see it after its retries.
 fn watch(fabric: Weak<Fabric>, mut reader: FrameReader, qpn: u32, link: u64) {
     let _ = reader.socket().set_read_timeout(None);
+    let mut gone = false;
     loop {
         let frame = reader.next();
         let Some(f) = fabric.upgrade() else { return };
         match frame {
-            Ok(Some((msg, _))) => {
-                if let Ok((ERROR, _, _)) = decode_header(&mut Dec(&msg)) {
-                    f.with_state(|st, now, fx| st.shm_remote_error(qpn, link, now, fx));
+            Ok(Some((msg, _))) => match decode_header(&mut Dec(&msg)) {
+                Ok((ERROR, _, _)) => {
+                    f.with_state(|st, now, fx| st.shm_remote_error(qpn, link, now, fx))
                 }
-            }
+                Ok((GONE, _, _)) => gone = true,
+                _ => {}
+            },
+            _ if gone => return,
             _ => {
                 f.with_state(|st, now, fx| st.shm_link_lost(qpn, link, now, fx));
                 return;
