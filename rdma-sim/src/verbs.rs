@@ -530,7 +530,9 @@ impl CompletionQueue {
         // which is read without the fabric lock.
         let mut n = 0;
         if queued > 0 {
-            n = self.fabric.with_state(|st, _, _| st.poll_cq(self.id, out))?;
+            n = self
+                .fabric
+                .with_state(|st, _, _| st.poll_cq(self.id, out))?;
         }
         if ring.overflowed() {
             self.fabric.shm_cq_overflowed(self.id);

@@ -506,11 +506,7 @@ fn line_starting(out: &mut BufReader<std::process::ChildStdout>, prefix: &str) -
 type Out = BufReader<std::process::ChildStdout>;
 
 /// Starts two children and exchanges their bootstrap lines.
-fn start_pair(
-    roles: (&str, &str),
-    n: u64,
-    env: &[(&str, &str)],
-) -> ((Child, Out), (Child, Out)) {
+fn start_pair(roles: (&str, &str), n: u64, env: &[(&str, &str)]) -> ((Child, Out), (Child, Out)) {
     let (mut a, mut a_out) = spawn(roles.0, n, env);
     let (mut b, mut b_out) = spawn(roles.1, n, env);
     let a_addr = line_starting(&mut a_out, "ADDR");
@@ -574,7 +570,11 @@ fn run_pair_env(
 
 /// Both sides ran on shared memory: placements, and not one packet on the wire.
 fn assert_shm(line: &str) {
-    assert_eq!(stat(line, "packets"), 0, "no wire packets in shm mode: {line}");
+    assert_eq!(
+        stat(line, "packets"),
+        0,
+        "no wire packets in shm mode: {line}"
+    );
     assert!(stat(line, "placements") > 0, "direct placements: {line}");
 }
 
@@ -611,7 +611,10 @@ fn cross_process_rtt_shared_memory_vs_socket_wire() {
         &[busy, ("RDMA_SIM_WIRE", "socket")],
     );
     assert_shm(&shm);
-    assert!(stat(&wire, "packets") > 0 && stat(&wire, "placements") == 0, "{wire}");
+    assert!(
+        stat(&wire, "packets") > 0 && stat(&wire, "placements") == 0,
+        "{wire}"
+    );
     eprintln!(
         "cross-process busy-poll ping-pong RTT p50: shared memory {:.1} us, socket wire {:.1} us",
         median_rtt(&shm),
@@ -624,7 +627,12 @@ fn cross_process_rtt_shared_memory_vs_socket_wire() {
 #[test]
 fn cross_process_doorbell_only_when_armed() {
     let limit = Duration::from_secs(60);
-    let (busy, busy2) = run_pair_env(("ping", "pong"), 2000, limit, &[("RDMA_SIM_TEST_BUSY", "1")]);
+    let (busy, busy2) = run_pair_env(
+        ("ping", "pong"),
+        2000,
+        limit,
+        &[("RDMA_SIM_TEST_BUSY", "1")],
+    );
     for l in [&busy, &busy2] {
         assert_shm(l);
         assert_eq!((stat(l, "arms"), stat(l, "doorbells")), (0, 0), "{l}");
@@ -632,8 +640,14 @@ fn cross_process_doorbell_only_when_armed() {
     let (ping, pong) = run_pair(("ping", "pong"), 2000, limit);
     let arms = stat(&ping, "arms") + stat(&pong, "arms");
     let bells = stat(&ping, "doorbells") + stat(&pong, "doorbells");
-    assert!(bells <= arms, "a doorbell needs an arm: {bells} doorbells, {arms} arms");
-    assert!(bells > 0 && bells <= 2 * 2000, "{bells} doorbells for 4000 messages");
+    assert!(
+        bells <= arms,
+        "a doorbell needs an arm: {bells} doorbells, {arms} arms"
+    );
+    assert!(
+        bells > 0 && bells <= 2 * 2000,
+        "{bells} doorbells for 4000 messages"
+    );
     eprintln!("event-mode ping-pong: {bells} doorbells, {arms} arms for 4000 messages");
 }
 

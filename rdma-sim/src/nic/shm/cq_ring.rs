@@ -271,7 +271,10 @@ mod tests {
         let wc = WorkCompletion::empty();
         assert!(!r.take_armed(&wc));
         r.arm(true);
-        assert!(!r.take_armed(&wc), "solicited-only ignores an unsolicited success");
+        assert!(
+            !r.take_armed(&wc),
+            "solicited-only ignores an unsolicited success"
+        );
         r.arm(false);
         assert!(r.take_armed(&wc));
         assert!(!r.take_armed(&wc));

@@ -44,11 +44,7 @@ pub(crate) fn send_frame(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>])
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
             (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            std::ptr::copy_nonoverlapping(
-                raw.as_ptr().cast::<u8>(),
-                libc::CMSG_DATA(c),
-                fd_bytes,
-            );
+            std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), fd_bytes);
         }
     }
     // SAFETY: `msg` points at live buffers (`frame`, `cbuf`) for the duration of the call.
@@ -149,4 +145,3 @@ impl FrameReader {
         Ok(n as usize)
     }
 }
-

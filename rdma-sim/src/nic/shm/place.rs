@@ -63,7 +63,9 @@ pub(crate) fn place(src: &[Source<'_>], dst: &[Span<'_>]) -> usize {
                     std::ptr::copy((addr as usize as *const u8).add(so), to, n)
                 },
                 // SAFETY: `b[so..so+n]` is in bounds; the destination is inside the mapping.
-                Source::Bytes(b) => unsafe { std::ptr::copy_nonoverlapping(b.as_ptr().add(so), to, n) },
+                Source::Bytes(b) => unsafe {
+                    std::ptr::copy_nonoverlapping(b.as_ptr().add(so), to, n)
+                },
             }
         }
         total += n;
@@ -91,7 +93,11 @@ pub(crate) fn fetch(src: &[Span<'_>], dst: &[(u64, usize)]) -> usize {
             // SAFETY: the source is inside the peer mapping (`Span`); the destination lies in
             // a live local registration with local write access (caller's check).
             unsafe {
-                std::ptr::copy(src[si].ptr(so), (dst[di].0 as usize as *mut u8).add(doff), n)
+                std::ptr::copy(
+                    src[si].ptr(so),
+                    (dst[di].0 as usize as *mut u8).add(doff),
+                    n,
+                )
             }
         }
         total += n;

@@ -61,7 +61,10 @@ impl ShmMap {
         if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        if offset.checked_add(len as u64).is_none_or(|e| e > st.st_size as u64) {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|e| e > st.st_size as u64)
+        {
             return Err(io::Error::other("mapping beyond the end of the memfd"));
         }
         let start = offset - offset % PAGE;

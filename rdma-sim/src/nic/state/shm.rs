@@ -115,11 +115,8 @@ impl State {
         };
         let qp = self.qps.get_mut(&qpn)?;
         if qp.shm.is_none() {
-            let own = QpShared::create(
-                qp.caps.max_recv_wr as usize,
-                qp.caps.max_recv_sge as usize,
-            )
-            .ok()?;
+            let own = QpShared::create(qp.caps.max_recv_wr as usize, qp.caps.max_recv_sge as usize)
+                .ok()?;
             own.set_state(state_code(qp.state));
             own.set_access(qp.access);
             own.set_min_rnr_ns(qp.min_rnr_timer_ns);
@@ -456,8 +453,11 @@ impl State {
                 if !wr.sges.iter().all(|s| local_ok(s, Access::LOCAL_WRITE)) {
                     return fail(WcStatus::LocProtErr, false);
                 }
-                let dst: Vec<(u64, usize)> =
-                    wr.sges.iter().map(|s| (s.addr, s.length as usize)).collect();
+                let dst: Vec<(u64, usize)> = wr
+                    .sges
+                    .iter()
+                    .map(|s| (s.addr, s.length as usize))
+                    .collect();
                 let t = Instant::now();
                 fetch(&[span], &dst);
                 Outcome::Done {
