@@ -167,10 +167,10 @@ impl Fabric {
                 }
                 Err(e) => eprintln!("rdma-sim: cross-process wire unavailable: {e}"),
             }
-            if fabric.shm {
-                if let Err(e) = shm::start_control(Arc::downgrade(&fabric), &gids) {
-                    eprintln!("rdma-sim: shared-memory attach unavailable: {e}");
-                }
+            if fabric.shm
+                && let Err(e) = shm::start_control(Arc::downgrade(&fabric), &gids)
+            {
+                eprintln!("rdma-sim: shared-memory attach unavailable: {e}");
             }
         }
         fabric
