@@ -5,7 +5,9 @@
 //! - **inline** ([`Fabric::new`], [`Fabric::global`]): the engine runs in the calling thread
 //!   right after each verbs call that creates work (so posting does the NIC's work, timed and
 //!   accounted as NIC time), and a timer thread that sleeps until the next deadline handles
-//!   retransmission and RNR timers. Packets for devices of other processes go over the wire.
+//!   retransmission and RNR timers. QPs connected to devices of other processes attach over
+//!   shared memory (`shm/`: direct placement in the posting thread, no packets); where that is
+//!   not possible their packets go over the socket wire (`wire.rs`).
 //! - **deterministic** ([`Fabric::deterministic`]): nothing happens until the test calls
 //!   [`Fabric::step`], [`Fabric::run_until_idle`] or [`Fabric::advance`]; time is virtual.
 
