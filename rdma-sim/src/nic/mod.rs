@@ -16,7 +16,7 @@ pub(crate) mod shm;
 mod state;
 mod wire;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -103,7 +103,7 @@ pub struct Fabric {
     thread_ns: AtomicU64,
     wire: OnceLock<wire::Wire>,
     /// Cross-process QPs attach over shared memory (else they use the socket wire).
-    shm: bool,
+    shm: AtomicBool,
     arms: AtomicU64,
 }
 
@@ -154,7 +154,10 @@ impl Fabric {
     pub fn new(config: FabricConfig) -> Arc<Fabric> {
         let mut fabric = Self::build(Mode::Inline, config.devices, config.seed);
         if config.cross_process && std::env::var("RDMA_SIM_WIRE").as_deref() != Ok("socket") {
-            Arc::get_mut(&mut fabric).expect("not shared yet").shm = true;
+            *Arc::get_mut(&mut fabric)
+                .expect("not shared yet")
+                .shm
+                .get_mut() = true;
         }
         let weak = Arc::downgrade(&fabric);
         std::thread::Builder::new()
@@ -169,7 +172,7 @@ impl Fabric {
                 }
                 Err(e) => eprintln!("rdma-sim: cross-process wire unavailable: {e}"),
             }
-            if fabric.shm
+            if fabric.shm.load(Relaxed)
                 && let Err(e) = shm::start_control(Arc::downgrade(&fabric), &gids)
             {
                 eprintln!("rdma-sim: shared-memory attach unavailable: {e}");
@@ -201,7 +204,7 @@ impl Fabric {
             inline_ns: AtomicU64::new(0),
             thread_ns: AtomicU64::new(0),
             wire: OnceLock::new(),
-            shm: false,
+            shm: AtomicBool::new(false),
             arms: AtomicU64::new(0),
         })
     }
@@ -422,7 +425,15 @@ impl Fabric {
     /// True if QPs connected to another process attach over shared memory (a cross-process
     /// inline fabric, unless `RDMA_SIM_WIRE=socket` forces the socket wire).
     pub fn shm_enabled(&self) -> bool {
-        self.shm && self.mode == Mode::Inline && self.wire.get().is_some()
+        self.shm.load(Relaxed) && self.mode == Mode::Inline && self.wire.get().is_some()
+    }
+
+    /// Turns attaching over shared memory off (or back on) for QPs connected from now on, on
+    /// a cross-process fabric: with it off, new cross-process connections use the socket wire
+    /// (as with `RDMA_SIM_WIRE=socket`), and attach requests from peers are refused. For
+    /// comparisons in one run; attached QPs are not affected.
+    pub fn set_shm_enabled(&self, on: bool) {
+        self.shm.store(on, Relaxed);
     }
 
     pub(crate) fn count_arm(&self) {
