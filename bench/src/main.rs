@@ -388,15 +388,18 @@ fn sim_bench(iterations: u64) -> Result<(), String> {
     );
     println!("# {}", machine_line());
     println!(
-        "# in-process: both QPs in one thread, busy polling; cross-process: a child echoes, both in event mode"
+        "# in-process: both QPs in one thread, busy polling; cross-process: a child echoes, both in event mode, over shared memory (direct placement) and over the socket wire"
     );
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     for size in [128usize, 1024, 4096] {
         sim_line("in-process", size, &sim::in_process(size, iterations));
     }
     for size in [128usize, 1024, 4096] {
-        let r = sim::cross_process(&exe, size, iterations / 4).map_err(|e| e.to_string())?;
-        sim_line("cross-process", size, &r);
+        for (shm, mode) in [(true, "x-proc shm"), (false, "x-proc wire")] {
+            let r =
+                sim::cross_process(&exe, size, iterations / 4, shm).map_err(|e| e.to_string())?;
+            sim_line(mode, size, &r);
+        }
     }
     Ok(())
 }

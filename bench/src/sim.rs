@@ -252,12 +252,15 @@ pub fn peer_main() {
     }
 }
 
-/// This process against a child process (`exe sim-peer`), both in event mode.
+/// This process against a child process (`exe sim-peer`), both in event mode; over rdma-sim's
+/// shared-memory data path (`shm`), or over its socket wire.
 pub fn cross_process(
     exe: &std::path::Path,
     size: usize,
     iterations: u64,
+    shm: bool,
 ) -> std::io::Result<SimResult> {
+    Fabric::global().set_shm_enabled(shm);
     let mut child: Child = Command::new(exe)
         .arg("sim-peer")
         .stdin(Stdio::piped())

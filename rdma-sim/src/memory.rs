@@ -40,12 +40,14 @@ pub(crate) fn write_registered(addr: u64, data: &[u8]) {
     }
 }
 
-/// Zeroed, page-aligned memory that is never moved, for registering without `unsafe`
+/// Zeroed, page-aligned memory (heap, or a memfd mapping) that is never moved, for registering without `unsafe`
 /// ([`ProtectionDomain::alloc_region`](crate::ProtectionDomain::alloc_region)).
 #[derive(Debug)]
 pub(crate) struct Buffer {
     ptr: *mut u8,
     len: usize,
+    /// The memfd mapping behind the buffer, if shareable with another process.
+    shm: Option<crate::nic::shm::ShmMap>,
 }
 
 // SAFETY: `Buffer` exclusively owns its allocation; the raw pointer is only an address.
@@ -63,7 +65,26 @@ impl Buffer {
         if ptr.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
-        Self { ptr, len }
+        Self {
+            ptr,
+            len,
+            shm: None,
+        }
+    }
+
+    /// Zeroed memory in a fresh memfd, mappable by a peer process.
+    pub(crate) fn shared(len: usize) -> std::io::Result<Self> {
+        let map = crate::nic::shm::ShmMap::create("rdma-sim-mr", len)?;
+        Ok(Self {
+            ptr: map.ptr(),
+            len,
+            shm: Some(map),
+        })
+    }
+
+    /// The memfd and offset behind the buffer, if it has one.
+    pub(crate) fn memfd(&self) -> Option<(std::sync::Arc<std::os::fd::OwnedFd>, u64)> {
+        self.shm.as_ref().map(|m| (m.fd().clone(), m.offset()))
     }
 
     pub(crate) fn addr(&self) -> u64 {
@@ -99,6 +120,9 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
+        if self.shm.is_some() {
+            return; // the mapping unmaps itself
+        }
         let layout = std::alloc::Layout::from_size_align(self.len.max(1), ALIGN).expect("layout");
         // SAFETY: allocated in `new` with the same layout.
         unsafe { std::alloc::dealloc(self.ptr, layout) }

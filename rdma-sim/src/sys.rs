@@ -26,6 +26,16 @@ impl EventFd {
         Ok(Self { fd })
     }
 
+    /// Wraps an eventfd received from another process.
+    pub(crate) fn from_owned(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+
+    /// A duplicate descriptor, to pass to another process.
+    pub(crate) fn dup(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
     /// Adds one to the counter, making the descriptor readable.
     pub(crate) fn signal(&self) {
         let one: u64 = 1;

@@ -1,14 +1,13 @@
 //! The verbs-shaped API: devices, contexts, protection domains, memory regions, completion
 //! channels and queues, and RC queue pairs.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::error::VerbsError;
 use crate::memory::Buffer;
-use crate::nic::{CqState, Fabric, MrEntry, QpAddress};
+use crate::nic::{CqShared, CqState, Fabric, MrEntry, QpAddress};
 use crate::sys::EventFd;
 use crate::wr::{Access, RecvWr, SendWr, WorkCompletion};
 
@@ -185,7 +184,7 @@ impl Context {
                 DEVICE_ATTR.max_cqe
             )));
         }
-        let ready = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(CqShared::default());
         let id = {
             let mut cell = self.fabric.lock();
             let id = cell.0.fresh_id();
@@ -199,7 +198,7 @@ impl Context {
                     channel: channel.map(|c| c.efd.clone()),
                     overflowed: false,
                     deliver_after: 0,
-                    ready: ready.clone(),
+                    shared: shared.clone(),
                 },
             );
             id
@@ -208,7 +207,7 @@ impl Context {
             fabric: self.fabric.clone(),
             dev: self.dev,
             id,
-            ready,
+            shared,
         })
     }
 
@@ -249,6 +248,41 @@ impl ProtectionDomain {
         len: usize,
         access: Access,
     ) -> Result<MemoryRegion, VerbsError> {
+        // SAFETY: the caller upholds this function's contract, which is `register_inner`'s.
+        unsafe { self.register_inner(addr, len, access, None) }
+    }
+
+    /// Registers `len` bytes at `addr` that are a `MAP_SHARED` mapping of the memfd `fd` at
+    /// `offset`. The region keeps a duplicate of the descriptor, so a peer process can map the
+    /// same memory: QPs of this PD connected to another process then use the shared-memory data
+    /// path (direct placement) instead of the socket wire, as long as every region of the PD
+    /// has a memfd.
+    ///
+    /// # Safety
+    /// As [`ProtectionDomain::register`]; in addition `addr..addr+len` must be exactly the
+    /// bytes `offset..offset+len` of `fd` (else the peer writes elsewhere than the NIC would).
+    #[allow(unsafe_code)]
+    pub unsafe fn register_memfd(
+        &self,
+        addr: *mut u8,
+        len: usize,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        access: Access,
+    ) -> Result<MemoryRegion, VerbsError> {
+        let fd = Arc::new(fd.try_clone_to_owned()?);
+        // SAFETY: the caller upholds this function's contract, which includes `register`'s.
+        unsafe { self.register_inner(addr, len, access, Some((fd, offset))) }
+    }
+
+    #[allow(unsafe_code)]
+    unsafe fn register_inner(
+        &self,
+        addr: *mut u8,
+        len: usize,
+        access: Access,
+        memfd: Option<(Arc<OwnedFd>, u64)>,
+    ) -> Result<MemoryRegion, VerbsError> {
         if addr.is_null() && len > 0 {
             return Err(VerbsError::InvalidArgument("null address".into()));
         }
@@ -269,6 +303,7 @@ impl ProtectionDomain {
                     len: len as u64,
                     access,
                     rkey: 0,
+                    memfd,
                 },
             );
             let rkey = cell.0.fresh_key();
@@ -287,9 +322,14 @@ impl ProtectionDomain {
         })
     }
 
-    /// Allocates zeroed, page-aligned memory and registers it.
+    /// Allocates zeroed, page-aligned memory and registers it. On a fabric that attaches to
+    /// other processes over shared memory the memory is a memfd mapping (so a peer can map it).
     pub fn alloc_region(&self, len: usize, access: Access) -> Result<OwnedRegion, VerbsError> {
-        let buf = Buffer::new(len);
+        let buf = if self.fabric.shm_enabled() {
+            Buffer::shared(len).unwrap_or_else(|_| Buffer::new(len))
+        } else {
+            Buffer::new(len)
+        };
         // The buffer is owned by the returned value and dropped after the registration.
         let mr = self.register_buffer(&buf, access)?;
         Ok(OwnedRegion { mr, buf })
@@ -298,8 +338,16 @@ impl ProtectionDomain {
     #[allow(unsafe_code)]
     fn register_buffer(&self, buf: &Buffer, access: Access) -> Result<MemoryRegion, VerbsError> {
         // SAFETY: `OwnedRegion` keeps the buffer alive and declares `mr` before `buf`, so the
-        // registration is dropped before the memory is freed.
-        unsafe { self.register(buf.addr() as usize as *mut u8, buf.len(), access) }
+        // registration is dropped before the memory is freed; a memfd buffer's descriptor and
+        // offset describe exactly its mapping.
+        unsafe {
+            self.register_inner(
+                buf.addr() as usize as *mut u8,
+                buf.len(),
+                access,
+                buf.memfd(),
+            )
+        }
     }
 
     /// Creates an RC queue pair in the RESET state.
@@ -444,7 +492,20 @@ pub struct CompletionQueue {
     fabric: Arc<Fabric>,
     dev: usize,
     id: u32,
-    ready: Arc<AtomicUsize>,
+    shared: Arc<CqShared>,
+}
+
+/// The lock-free "completions ready" hint of a CQ ([`CompletionQueue::ready_counter`]), for
+/// pollers on other threads. Counts completions queued by this process's engine and those
+/// published in the CQ's shared ring (also by the peer process).
+#[derive(Debug, Clone)]
+pub struct ReadyCounter(Arc<CqShared>);
+
+impl ReadyCounter {
+    /// Completions ready to poll (may be momentarily stale).
+    pub fn get(&self) -> usize {
+        self.0.ready()
+    }
 }
 
 impl Drop for CompletionQueue {
@@ -457,27 +518,49 @@ impl CompletionQueue {
     /// Moves up to `out.len()` completions into `out` (`ibv_poll_cq`). Fails with
     /// [`VerbsError::CqOverflow`] once the CQ has overflowed (it is then in error).
     pub fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize, VerbsError> {
-        // An empty queue is answered without the fabric lock.
-        if self.ready.load(Ordering::Acquire) == 0 {
-            return Ok(0);
+        let queued = self.shared.ready.load(std::sync::atomic::Ordering::Acquire);
+        let Some(ring) = self.shared.ring.get() else {
+            // An empty queue is answered without the fabric lock.
+            if queued == 0 {
+                return Ok(0);
+            }
+            return self.fabric.with_state(|st, _, _| st.poll_cq(self.id, out));
+        };
+        // Attached: completions queued before the ring existed come first, then the ring,
+        // which is read without the fabric lock.
+        let mut n = 0;
+        if queued > 0 {
+            n = self
+                .fabric
+                .with_state(|st, _, _| st.poll_cq(self.id, out))?;
         }
-        self.fabric.with_state(|st, _, _| st.poll_cq(self.id, out))
+        if ring.overflowed() {
+            self.fabric.shm_cq_overflowed(self.id);
+            return Err(VerbsError::CqOverflow);
+        }
+        Ok(n + ring.pop(&mut out[n..]))
     }
 
     /// Completions ready to poll (a lock-free hint; may be momentarily stale).
     pub fn ready_hint(&self) -> usize {
-        self.ready.load(Ordering::Acquire)
+        self.shared.ready()
     }
 
     /// The counter behind [`CompletionQueue::ready_hint`], for pollers on other threads.
-    pub fn ready_counter(&self) -> Arc<AtomicUsize> {
-        self.ready.clone()
+    pub fn ready_counter(&self) -> ReadyCounter {
+        ReadyCounter(self.shared.clone())
     }
 
     /// Arms one notification (`ibv_req_notify_cq`): the next completion (or, with
     /// `solicited_only`, the next solicited or failed one) makes the channel readable.
     /// Poll once more after arming: a completion may have arrived just before.
     pub fn req_notify(&self, solicited_only: bool) -> Result<(), VerbsError> {
+        self.fabric.count_arm();
+        if let Some(ring) = self.shared.ring.get() {
+            // Shared ring: arming is one store into the ring's header, as on hardware.
+            ring.arm(solicited_only);
+            return Ok(());
+        }
         self.fabric.lock().0.arm_cq(self.id, solicited_only)
     }
 
@@ -618,6 +701,12 @@ impl QueuePair {
     /// Moves to `to` (`ibv_modify_qp`); illegal transitions are refused. Moving to `Err`
     /// flushes every outstanding work request.
     pub fn modify(&self, to: QpState, attr: &QpAttr) -> Result<(), VerbsError> {
+        if to == QpState::Rtr
+            && let Some(remote) = attr.remote
+        {
+            // Towards another process: attach over shared memory first if both sides can.
+            self.fabric.shm_connect(self.qpn, remote);
+        }
         self.fabric
             .with_state(|st, now, fx| st.modify_qp(self.qpn, to, attr, now, fx))
     }

@@ -15,6 +15,14 @@ impl Access {
     /// No rights beyond local read.
     pub const NONE: Access = Access(0);
 
+    pub(crate) fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub(crate) fn from_bits(b: u8) -> Access {
+        Access(b & 7)
+    }
+
     /// True if every right in `other` is present.
     pub fn contains(self, other: Access) -> bool {
         self.0 & other.0 == other.0

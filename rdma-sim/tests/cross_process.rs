@@ -2,6 +2,11 @@
 //! as two children; each opens a device of its own process-wide fabric, prints its bootstrap
 //! data (GID, QP number, rkey, address), and the parent hands each child the other's line, as
 //! an application exchanges QP information over TCP on real verbs.
+//!
+//! By default the two processes attach over shared memory (direct placement); children
+//! started with `RDMA_SIM_WIRE=socket` use the packet wire instead. Each child prints its
+//! fabric's counters on its DONE line (`packets=… placements=… doorbells=… arms=…`), so the
+//! parent can check which data path ran.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -93,16 +98,33 @@ impl Node {
             gid: Gid::from_str(f[1]).unwrap(),
             qpn: f[2].parse().unwrap(),
         };
+        let rnr_retry = std::env::var("RDMA_SIM_TEST_RNR")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(7);
         let attr = QpAttr {
             access: Access::REMOTE_WRITE,
+            rnr_retry,
             ..QpAttr::default()
         };
         self.qp.connect(remote, &attr).unwrap();
         (f[3].parse().unwrap(), f[4].parse().unwrap())
     }
 
-    /// Completions available now, or after waiting on the channel (arm, re-poll, sleep).
+    /// Completions available now, or after waiting on the channel (arm, re-poll, sleep); or,
+    /// with `RDMA_SIM_TEST_BUSY` set, by busy polling (never arming).
     fn completions(&mut self) -> Vec<WorkCompletion> {
+        if std::env::var_os("RDMA_SIM_TEST_BUSY").is_some() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                assert!(Instant::now() < deadline, "no completion within 30 s");
+                let n = self.cq.poll(&mut self.wcs).unwrap();
+                if n > 0 {
+                    return self.wcs[..n].to_vec();
+                }
+                std::hint::spin_loop();
+            }
+        }
         loop {
             let n = self.cq.poll(&mut self.wcs).unwrap();
             if n > 0 {
@@ -193,7 +215,129 @@ fn run_writer(n: u64) {
         }
     }
     let s = node.qp.address();
-    println!("DONE {sent} {}", s.qpn);
+    println!("DONE {sent} {} {}", s.qpn, stats_line());
+}
+
+/// This process's NIC counters, for the parent's checks.
+fn stats_line() -> String {
+    let s = rdma_sim::Fabric::global().stats();
+    format!(
+        "packets={} placements={} doorbells={} arms={} cqes={} rnr={} placement_us={}",
+        s.net.packets,
+        s.placements,
+        s.doorbells,
+        s.arms,
+        s.cqes_written,
+        s.net.rnr_naks,
+        s.placement_time.as_micros()
+    )
+}
+
+/// The value of `key=` on a DONE line.
+fn stat(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// Sends one SEND right after connecting (before the peer posts receives) and reports how it
+/// completed.
+fn run_rnr_sender() {
+    let mut node = Node::open();
+    let _ = node.bootstrap();
+    let started = Instant::now();
+    let wr = SendWr {
+        wr_id: 1,
+        opcode: Opcode::Send,
+        sges: &[],
+        inline: Some(b"hello"),
+        imm: None,
+        signaled: true,
+        solicited: false,
+        remote: None,
+    };
+    node.qp.post_send(&[wr]).unwrap();
+    let wc = loop {
+        if let Some(wc) = node.completions().into_iter().find(|w| w.wr_id == 1) {
+            break wc;
+        }
+    };
+    println!(
+        "DONE status={:?} ms={} {}",
+        wc.status,
+        started.elapsed().as_millis(),
+        stats_line()
+    );
+}
+
+/// Connects, waits, then posts a receive (late) and reports what arrived.
+fn run_rnr_receiver() {
+    let mut node = Node::open();
+    let _ = node.bootstrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let sge = [node.mem.sge(0, 64)];
+    node.qp
+        .post_recv(&[RecvWr {
+            wr_id: 7,
+            sges: &sge,
+        }])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut got = "none".to_owned();
+    while Instant::now() < deadline {
+        let n = node.cq.poll(&mut node.wcs).unwrap();
+        if n > 0 {
+            got = format!("{:?}/{}", node.wcs[0].status, node.wcs[0].byte_len);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("DONE recv={got} {}", stats_line());
+}
+
+/// Posts receives and a SEND the peer never takes, says READY, then waits for the peer's death
+/// to flush them.
+fn run_survivor() {
+    let mut node = Node::open();
+    let _ = node.bootstrap();
+    node.qp
+        .post_recv(&(0..4).map(recv).collect::<Vec<_>>())
+        .unwrap();
+    let wr = SendWr {
+        wr_id: 100,
+        opcode: Opcode::Send,
+        sges: &[],
+        inline: Some(b"never taken"),
+        imm: None,
+        signaled: true,
+        solicited: false,
+        remote: None,
+    };
+    node.qp.post_send(&[wr]).unwrap();
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap(); // the parent killed the peer
+    let started = Instant::now();
+    let mut errors = 0;
+    while errors < 5 && started.elapsed() < Duration::from_secs(10) {
+        for wc in node.completions() {
+            assert_ne!(wc.status, WcStatus::Success, "{wc:?}");
+            errors += 1;
+        }
+    }
+    println!("DONE errors={errors} ms={}", started.elapsed().as_millis());
+}
+
+/// Connects and says READY; then waits to be killed.
+fn run_victim() {
+    let node = Node::open();
+    let _ = node.bootstrap();
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
 }
 
 /// Receives `n` messages, checks order and checksums, re-posts receives and grants credit.
@@ -240,7 +384,7 @@ fn run_reader(n: u64) {
                 .unwrap();
         }
     }
-    println!("DONE {expected} ok");
+    println!("DONE {expected} ok {}", stats_line());
 }
 
 /// Ping-pong of `n` SENDs; prints the median round trip.
@@ -275,6 +419,7 @@ fn run_ping(n: u64, first: bool) {
                 if wc.opcode == WcOpcode::Recv {
                     assert_eq!(u32::from_be(wc.imm.unwrap()), i as u32);
                     node.qp.post_recv(&[recv(i)]).unwrap();
+
                     break 'wait;
                 }
             }
@@ -286,8 +431,9 @@ fn run_ping(n: u64, first: bool) {
     }
     rtts.sort();
     println!(
-        "DONE {n} median_rtt_us={:.1}",
-        rtts[rtts.len() / 2].as_secs_f64() * 1e6
+        "DONE {n} median_rtt_us={:.1} {}",
+        rtts[rtts.len() / 2].as_secs_f64() * 1e6,
+        stats_line()
     );
 }
 
@@ -302,14 +448,30 @@ fn child_process_entry() {
         "reader" => run_reader(n),
         "ping" => run_ping(n, true),
         "pong" => run_ping(n, false),
+        "rnr-sender" => run_rnr_sender(),
+        "rnr-receiver" => run_rnr_receiver(),
+        "survivor" => run_survivor(),
+        "victim" => run_victim(),
         other => panic!("unknown role {other}"),
     }
+    // Stay up until the parent has both DONE lines: exiting closes the shared-memory control
+    // link, which (like a peer's death) moves the other side's QP to ERR.
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
 }
 
 // ----- parent side -----------------------------------------------------------------------
 
-fn spawn(role: &str, n: u64) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+fn spawn(
+    role: &str,
+    n: u64,
+    env: &[(&str, &str)],
+) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .args([
             "child_process_entry",
             "--exact",
@@ -341,10 +503,12 @@ fn line_starting(out: &mut BufReader<std::process::ChildStdout>, prefix: &str) -
     }
 }
 
-/// Runs two children, exchanges their bootstrap lines, and returns their DONE lines.
-fn run_pair(roles: (&str, &str), n: u64, limit: Duration) -> (String, String) {
-    let (mut a, mut a_out) = spawn(roles.0, n);
-    let (mut b, mut b_out) = spawn(roles.1, n);
+type Out = BufReader<std::process::ChildStdout>;
+
+/// Starts two children and exchanges their bootstrap lines.
+fn start_pair(roles: (&str, &str), n: u64, env: &[(&str, &str)]) -> ((Child, Out), (Child, Out)) {
+    let (mut a, mut a_out) = spawn(roles.0, n, env);
+    let (mut b, mut b_out) = spawn(roles.1, n, env);
     let a_addr = line_starting(&mut a_out, "ADDR");
     let b_addr = line_starting(&mut b_out, "ADDR");
     a.stdin
@@ -357,17 +521,28 @@ fn run_pair(roles: (&str, &str), n: u64, limit: Duration) -> (String, String) {
         .unwrap()
         .write_all(a_addr.as_bytes())
         .unwrap();
+    ((a, a_out), (b, b_out))
+}
+
+/// Runs two children, exchanges their bootstrap lines, and returns their DONE lines.
+fn run_pair(roles: (&str, &str), n: u64, limit: Duration) -> (String, String) {
+    run_pair_env(roles, n, limit, &[])
+}
+
+fn run_pair_env(
+    roles: (&str, &str),
+    n: u64,
+    limit: Duration,
+    env: &[(&str, &str)],
+) -> (String, String) {
+    let ((mut a, mut a_out), (mut b, mut b_out)) = start_pair(roles, n, env);
     let started = Instant::now();
     let done = std::thread::spawn(move || {
         let lines = (
             line_starting(&mut a_out, "DONE"),
             line_starting(&mut b_out, "DONE"),
         );
-        // Keep reading so the children can print their summaries and exit.
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut a_out, &mut rest);
-        let _ = std::io::Read::read_to_string(&mut b_out, &mut rest);
-        lines
+        (lines, a_out, b_out)
     });
     while !done.is_finished() {
         if started.elapsed() > limit {
@@ -377,9 +552,30 @@ fn run_pair(roles: (&str, &str), n: u64, limit: Duration) -> (String, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let lines = done.join().unwrap();
+    let Ok((lines, mut a_out, mut b_out)) = done.join() else {
+        let _ = a.kill();
+        let _ = b.kill();
+        panic!("a child failed");
+    };
+    // Both are done: let them exit, and keep reading so they can print their summaries.
+    for c in [&mut a, &mut b] {
+        let _ = c.stdin.as_mut().unwrap().write_all(b"EXIT\n");
+    }
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut a_out, &mut rest);
+    let _ = std::io::Read::read_to_string(&mut b_out, &mut rest);
     assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
     lines
+}
+
+/// Both sides ran on shared memory: placements, and not one packet on the wire.
+fn assert_shm(line: &str) {
+    assert_eq!(
+        stat(line, "packets"),
+        0,
+        "no wire packets in shm mode: {line}"
+    );
+    assert!(stat(line, "placements") > 0, "direct placements: {line}");
 }
 
 #[test]
@@ -387,7 +583,109 @@ fn cross_process_ping_pong() {
     let (ping, pong) = run_pair(("ping", "pong"), 2000, Duration::from_secs(60));
     assert!(ping.starts_with("DONE 2000"), "{ping}");
     assert!(pong.starts_with("DONE 2000"), "{pong}");
+    assert_shm(&ping);
+    assert_shm(&pong);
     eprintln!("cross-process ping-pong (simulated NIC): {}", ping.trim());
+}
+
+fn median_rtt(line: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("median_rtt_us="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The number: busy-polled raw verbs ping-pong RTT across processes, shared memory vs the
+/// socket wire, in the same run.
+#[test]
+fn cross_process_rtt_shared_memory_vs_socket_wire() {
+    let busy = ("RDMA_SIM_TEST_BUSY", "1");
+    let limit = Duration::from_secs(120);
+    // 2000 round trips: the pings are unsignaled, so the send queue (2048) bounds the count.
+    let (shm, _) = run_pair_env(("ping", "pong"), 2_000, limit, &[busy]);
+    let (wire, _) = run_pair_env(
+        ("ping", "pong"),
+        2_000,
+        limit,
+        &[busy, ("RDMA_SIM_WIRE", "socket")],
+    );
+    assert_shm(&shm);
+    assert!(
+        stat(&wire, "packets") > 0 && stat(&wire, "placements") == 0,
+        "{wire}"
+    );
+    eprintln!(
+        "cross-process busy-poll ping-pong RTT p50: shared memory {:.1} us, socket wire {:.1} us",
+        median_rtt(&shm),
+        median_rtt(&wire)
+    );
+}
+
+/// The completion channel is written only when the CQ is armed: busy polling (never armed)
+/// costs no eventfd write at all; with arming, at most one write per arm.
+#[test]
+fn cross_process_doorbell_only_when_armed() {
+    let limit = Duration::from_secs(60);
+    let (busy, busy2) = run_pair_env(
+        ("ping", "pong"),
+        2000,
+        limit,
+        &[("RDMA_SIM_TEST_BUSY", "1")],
+    );
+    for l in [&busy, &busy2] {
+        assert_shm(l);
+        assert_eq!((stat(l, "arms"), stat(l, "doorbells")), (0, 0), "{l}");
+    }
+    let (ping, pong) = run_pair(("ping", "pong"), 2000, limit);
+    let arms = stat(&ping, "arms") + stat(&pong, "arms");
+    let bells = stat(&ping, "doorbells") + stat(&pong, "doorbells");
+    assert!(
+        bells <= arms,
+        "a doorbell needs an arm: {bells} doorbells, {arms} arms"
+    );
+    assert!(
+        bells > 0 && bells <= 2 * 2000,
+        "{bells} doorbells for 4000 messages"
+    );
+    eprintln!("event-mode ping-pong: {bells} doorbells, {arms} arms for 4000 messages");
+}
+
+/// A SEND posted before the peer posts a receive is retried after the peer's RNR timer and
+/// lands once a receive is posted; with `rnr_retry` 0 it fails with RNR_RETRY_EXC_ERR.
+#[test]
+fn cross_process_rnr_retry_then_success_or_exhaustion() {
+    let limit = Duration::from_secs(30);
+    let (sender, receiver) = run_pair(("rnr-sender", "rnr-receiver"), 1, limit);
+    assert!(sender.starts_with("DONE status=Success"), "{sender}");
+    assert!(stat(&sender, "rnr") > 0, "retried: {sender}");
+    assert!(receiver.starts_with("DONE recv=Success/5"), "{receiver}");
+    assert_shm(&sender);
+    let (sender, receiver) = run_pair_env(
+        ("rnr-sender", "rnr-receiver"),
+        1,
+        limit,
+        &[("RDMA_SIM_TEST_RNR", "0")],
+    );
+    assert!(sender.starts_with("DONE status=RnrRetryExcErr"), "{sender}");
+    assert!(receiver.starts_with("DONE recv=none"), "{receiver}");
+}
+
+/// Killing one process moves the other's attached QP to ERR: its posted receives and its
+/// waiting SEND complete in error within a bounded time.
+#[test]
+fn cross_process_peer_death_flushes_outstanding_work() {
+    let ((mut s, mut s_out), (mut v, mut v_out)) = start_pair(("survivor", "victim"), 1, &[]);
+    line_starting(&mut s_out, "READY");
+    line_starting(&mut v_out, "READY");
+    v.kill().unwrap();
+    let _ = v.wait();
+    s.stdin.as_mut().unwrap().write_all(b"GO\n").unwrap();
+    let done = line_starting(&mut s_out, "DONE");
+    let _ = s.stdin.as_mut().unwrap().write_all(b"EXIT\n");
+    assert!(s.wait().unwrap().success());
+    assert_eq!(stat(&done, "errors"), 5, "{done}");
+    assert!(stat(&done, "ms") < 5000, "{done}");
 }
 
 #[test]
@@ -396,7 +694,9 @@ fn cross_process_million_writes_with_imm_arrive_intact() {
     let started = Instant::now();
     let (writer, reader) = run_pair(("writer", "reader"), n, Duration::from_secs(300));
     assert!(writer.starts_with(&format!("DONE {n}")), "{writer}");
-    assert_eq!(reader.trim(), format!("DONE {n} ok"));
+    assert!(reader.starts_with(&format!("DONE {n} ok")), "{reader}");
+    assert_shm(&writer);
+    assert_shm(&reader);
     eprintln!(
         "1,000,000 WRITE_WITH_IMM across processes in {:?} (simulated NIC)",
         started.elapsed()

@@ -5,22 +5,25 @@
 //! - **inline** ([`Fabric::new`], [`Fabric::global`]): the engine runs in the calling thread
 //!   right after each verbs call that creates work (so posting does the NIC's work, timed and
 //!   accounted as NIC time), and a timer thread that sleeps until the next deadline handles
-//!   retransmission and RNR timers. Packets for devices of other processes go over the wire.
+//!   retransmission and RNR timers. QPs connected to devices of other processes attach over
+//!   shared memory (`shm/`: direct placement in the posting thread, no packets); where that is
+//!   not possible their packets go over the socket wire (`wire.rs`).
 //! - **deterministic** ([`Fabric::deterministic`]): nothing happens until the test calls
 //!   [`Fabric::step`], [`Fabric::run_until_idle`] or [`Fabric::advance`]; time is virtual.
 
 mod packet;
+pub(crate) mod shm;
 mod state;
 mod wire;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 pub use packet::QpAddress;
 pub use state::NetStats;
 
-pub(crate) use state::{CqState, DevState, Effects, MrEntry, State};
+pub(crate) use state::{CqShared, CqState, DevState, Effects, MrEntry, State};
 
 use crate::Gid;
 use crate::sys::thread_cpu_time;
@@ -55,18 +58,36 @@ impl Default for FabricConfig {
 /// Where the simulated NIC spent its effort.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NicStats {
-    /// Network counters.
+    /// Network counters (packets here are packets of the packet engine: in-process, or over
+    /// the cross-process socket wire; shared-memory placements send none).
     pub net: NetStats,
-    /// Time the engine ran inline in application threads (wall time of non-blocking work).
+    /// Time the packet engine ran inline in application threads (wall time of non-blocking
+    /// work).
     pub inline_time: Duration,
     /// CPU time of the simulator's own threads (timers, cross-process wire).
     pub thread_cpu_time: Duration,
+    /// Shared-memory mode: wall time of exactly the NIC's work of placements — payload copies
+    /// into (or, for READ, out of) the peer's memory plus the completion-entry writes. Measured
+    /// in the posting thread; not part of `inline_time`.
+    pub placement_time: Duration,
+    /// Shared-memory mode: work requests executed by direct placement.
+    pub placements: u64,
+    /// Shared-memory mode: payload bytes copied.
+    pub bytes_placed: u64,
+    /// Shared-memory mode: completion entries written into shared CQ rings (the peer's
+    /// receive completions and this side's signaled send completions).
+    pub cqes_written: u64,
+    /// Completion-channel eventfd writes for shared CQ rings (only when the CQ was armed, or
+    /// on overflow): the only system call of the shared-memory data path.
+    pub doorbells: u64,
+    /// `req_notify` calls (arms) on this fabric's CQs.
+    pub arms: u64,
 }
 
 impl NicStats {
-    /// All NIC work.
+    /// All NIC work: packet engine, simulator threads and direct placement.
     pub fn total(&self) -> Duration {
-        self.inline_time + self.thread_cpu_time
+        self.inline_time + self.thread_cpu_time + self.placement_time
     }
 }
 
@@ -81,6 +102,9 @@ pub struct Fabric {
     inline_ns: AtomicU64,
     thread_ns: AtomicU64,
     wire: OnceLock<wire::Wire>,
+    /// Cross-process QPs attach over shared memory (else they use the socket wire).
+    shm: AtomicBool,
+    arms: AtomicU64,
 }
 
 /// `State` is not `Debug`; this keeps `Fabric: Debug` honest and cheap.
@@ -128,7 +152,13 @@ impl Fabric {
 
     /// A new inline-mode fabric.
     pub fn new(config: FabricConfig) -> Arc<Fabric> {
-        let fabric = Self::build(Mode::Inline, config.devices, config.seed);
+        let mut fabric = Self::build(Mode::Inline, config.devices, config.seed);
+        if config.cross_process && std::env::var("RDMA_SIM_WIRE").as_deref() != Ok("socket") {
+            *Arc::get_mut(&mut fabric)
+                .expect("not shared yet")
+                .shm
+                .get_mut() = true;
+        }
         let weak = Arc::downgrade(&fabric);
         std::thread::Builder::new()
             .name("rdma-sim-timer".into())
@@ -141,6 +171,11 @@ impl Fabric {
                     let _ = fabric.wire.set(w);
                 }
                 Err(e) => eprintln!("rdma-sim: cross-process wire unavailable: {e}"),
+            }
+            if fabric.shm.load(Relaxed)
+                && let Err(e) = shm::start_control(Arc::downgrade(&fabric), &gids)
+            {
+                eprintln!("rdma-sim: shared-memory attach unavailable: {e}");
             }
         }
         fabric
@@ -169,6 +204,8 @@ impl Fabric {
             inline_ns: AtomicU64::new(0),
             thread_ns: AtomicU64::new(0),
             wire: OnceLock::new(),
+            shm: AtomicBool::new(false),
+            arms: AtomicU64::new(0),
         })
     }
 
@@ -368,11 +405,39 @@ impl Fabric {
 
     /// Where the NIC spent its effort so far.
     pub fn stats(&self) -> NicStats {
+        let (net, s) = {
+            let cell = self.lock();
+            (cell.0.stats, cell.0.shm_stats)
+        };
         NicStats {
-            net: self.lock().0.stats,
+            net,
             inline_time: Duration::from_nanos(self.inline_ns.load(Relaxed)),
             thread_cpu_time: Duration::from_nanos(self.thread_ns.load(Relaxed)),
+            placement_time: Duration::from_nanos(s.placement_ns),
+            placements: s.placements,
+            bytes_placed: s.bytes_placed,
+            cqes_written: s.cqes_written,
+            doorbells: s.doorbells,
+            arms: self.arms.load(Relaxed),
         }
+    }
+
+    /// True if QPs connected to another process attach over shared memory (a cross-process
+    /// inline fabric, unless `RDMA_SIM_WIRE=socket` forces the socket wire).
+    pub fn shm_enabled(&self) -> bool {
+        self.shm.load(Relaxed) && self.mode == Mode::Inline && self.wire.get().is_some()
+    }
+
+    /// Turns attaching over shared memory off (or back on) for QPs connected from now on, on
+    /// a cross-process fabric: with it off, new cross-process connections use the socket wire
+    /// (as with `RDMA_SIM_WIRE=socket`), and attach requests from peers are refused. For
+    /// comparisons in one run; attached QPs are not affected.
+    pub fn set_shm_enabled(&self, on: bool) {
+        self.shm.store(on, Relaxed);
+    }
+
+    pub(crate) fn count_arm(&self) {
+        self.arms.fetch_add(1, Relaxed);
     }
 }
 

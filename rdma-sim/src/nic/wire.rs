@@ -1,4 +1,5 @@
-//! The cross-process wire: each device of a cross-process fabric listens on an abstract Unix
+//! The cross-process packet wire (the fallback when two processes cannot attach over shared
+//! memory, or with `RDMA_SIM_WIRE=socket`): each device of a cross-process fabric listens on an abstract Unix
 //! socket named after its GID; packets for a device of another process are framed
 //! (`u32 BE length` + packet) and written to that socket by a per-peer writer thread; a reader
 //! thread per inbound connection hands them to the local engine. These threads are the NIC's

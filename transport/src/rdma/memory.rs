@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 use crate::sync::Plain;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,9 @@ const HUGE_PAGE: usize = 2 * 1024 * 1024;
 enum Backing {
     Heap,
     Mmap,
+    /// A shared mapping of a memfd, which a peer process can map too (rdma-sim's
+    /// shared-memory data path places payloads directly into it).
+    Memfd(OwnedFd),
 }
 
 /// A block of page-aligned memory that never moves, for registration with a device.
@@ -88,6 +92,52 @@ impl Arena {
         }))
     }
 
+    /// `len` zeroed bytes in a fresh memfd, mapped shared (page aligned): memory another
+    /// process can map from the descriptor ([`Arena::memfd`]).
+    pub fn shared(len: usize) -> std::io::Result<Arc<Arena>> {
+        let len = len.max(1).next_multiple_of(PAGE);
+        // SAFETY: memfd_create reads a NUL-terminated literal; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"rdmq-arena".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        use std::os::fd::AsRawFd;
+        // SAFETY: ftruncate on a descriptor we own; no memory is touched.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a shared mapping of the whole memfd with no address hint; checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Arc::new(Arena {
+            ptr: NonNull::new(p.cast()).expect("mmap returned null"),
+            len,
+            backing: Backing::Memfd(fd),
+            carved: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The memfd behind an [`Arena::shared`] arena (mapped from offset 0), if any.
+    pub fn memfd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.backing {
+            Backing::Memfd(fd) => Some(fd.as_fd()),
+            _ => None,
+        }
+    }
+
     /// Start address.
     pub fn addr(&self) -> u64 {
         self.ptr.as_ptr() as usize as u64
@@ -120,8 +170,8 @@ impl Drop for Arena {
                 // SAFETY: allocated in `new` with this layout.
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
             }
-            Backing::Mmap => {
-                // SAFETY: mapped in `with_hugepages` with this length.
+            Backing::Mmap | Backing::Memfd(_) => {
+                // SAFETY: mapped in `with_hugepages` or `shared` with this length.
                 unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
             }
         }
@@ -355,6 +405,19 @@ impl Drop for ReceivedView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_arena_has_a_memfd_and_zeroed_pages() {
+        let arena = Arena::shared(100).expect("memfd arena");
+        assert!(arena.memfd().is_some());
+        assert_eq!(arena.len(), PAGE);
+        let region = SlotRegion::new(arena, 0, 64, 2);
+        let mut slot = region.checkout(0);
+        assert_eq!(slot.as_slice()[0], 0);
+        slot.as_mut_slice()[0] = 7;
+        assert_eq!(slot.as_slice()[0], 7);
+        assert!(Arena::new(10).memfd().is_none());
+    }
 
     #[test]
     #[should_panic(expected = "overlaps")]

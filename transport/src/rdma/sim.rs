@@ -1,5 +1,6 @@
 //! [`Verbs`] over rdma-sim: the binding used on machines without an RDMA device. Its only
-//! `unsafe` is handing an arena to the simulator's registration call.
+//! `unsafe` is handing an arena to the simulator's registration call (with the arena's memfd
+//! when it has one, so that links to another process use rdma-sim's shared-memory data path).
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -27,14 +28,19 @@ fn map_err(e: sim::VerbsError) -> VerbsError {
 /// Reports the process-wide simulated NIC's work to the metrics registry, once it exists:
 /// `rdma_sim_nic_seconds_total{part="inline"}` (engine time inside application threads, already
 /// part of the process's CPU time), `{part="threads"}` (CPU time of the simulator's own timer and
-/// wire threads) and `rdma_sim_packets_total`. A real NIC does this work off the host's CPUs, so
+/// wire threads), `{part="placement"}` (direct placement into another process's memory over
+/// shared memory: the payload copies and completion writes) and `rdma_sim_packets_total`. A real NIC does this work off the host's CPUs, so
 /// benchmarks report it apart from host work.
 pub fn register_nic_metrics() {
     use crate::metrics::{Kind, Sample};
     crate::metrics::global().collect(Box::new(|out| {
         if let Some(f) = sim::Fabric::global_if_started() {
             let st = f.stats();
-            for (part, d) in [("inline", st.inline_time), ("threads", st.thread_cpu_time)] {
+            for (part, d) in [
+                ("inline", st.inline_time),
+                ("threads", st.thread_cpu_time),
+                ("placement", st.placement_time),
+            ] {
                 out.push(Sample {
                     name: "rdma_sim_nic_seconds_total",
                     help: "Work done by the simulated NIC in this process",
@@ -135,9 +141,16 @@ fn register_arena(
     arena: &Arena,
     access: sim::Access,
 ) -> Result<sim::MemoryRegion, sim::VerbsError> {
-    // SAFETY: the returned region is stored next to an `Arc<Arena>` in the registration
-    // handle and dropped first, so the memory outlives the registration.
-    unsafe { pd.register(arena.addr() as usize as *mut u8, arena.len(), access) }
+    let addr = arena.addr() as usize as *mut u8;
+    match arena.memfd() {
+        // SAFETY: as below; a shared arena maps its whole memfd from offset 0, so the range is
+        // exactly the descriptor's bytes `0..len` (what a peer process maps for direct
+        // placement).
+        Some(fd) => unsafe { pd.register_memfd(addr, arena.len(), fd, 0, access) },
+        // SAFETY: the returned region is stored next to an `Arc<Arena>` in the registration
+        // handle and dropped first, so the memory outlives the registration.
+        None => unsafe { pd.register(addr, arena.len(), access) },
+    }
 }
 
 impl Verbs for SimVerbs {
@@ -396,11 +409,7 @@ impl VerbsQp for SimQp {
 
     fn completion_hint(&self) -> Arc<dyn Fn() -> bool + Send + Sync> {
         let (r, s) = (self.recv_cq.ready_counter(), self.send_cq.ready_counter());
-        Arc::new(move || {
-            r.load(std::sync::atomic::Ordering::Acquire)
-                + s.load(std::sync::atomic::Ordering::Acquire)
-                > 0
-        })
+        Arc::new(move || r.get() + s.get() > 0)
     }
 
     fn arm(&mut self, recv_solicited_only: bool) -> Result<(), VerbsError> {

@@ -157,6 +157,13 @@ impl<O: DeviceOpener> RdmaTransport<O> {
                 tracing::warn!(error = %e, "no hugepages; using normal pages");
                 Arena::new(bytes)
             })
+        } else if self.opener.scheme() == "rdma-sim" {
+            // memfd-backed, so that rdma-sim can attach links to another process over shared
+            // memory (direct placement) instead of its socket wire.
+            Arena::shared(bytes).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no memfd; using heap memory");
+                Arena::new(bytes)
+            })
         } else {
             Arena::new(bytes)
         };

@@ -32,29 +32,28 @@ impl State {
         if cq.overflowed {
             return;
         }
+        if let Some(ring) = cq.shared.ring.get() {
+            // Attached to another process: every completion of this CQ goes to the shared ring.
+            if ring.push(&wc) {
+                if ring.take_armed(&wc)
+                    && let Some(ch) = &cq.channel
+                {
+                    fx.notify.push(ch.clone());
+                    self.shm_stats.doorbells += 1;
+                }
+                return;
+            }
+            self.cq_overflow(cq_id, now, fx);
+            return;
+        }
         if cq.entries.len() >= cq.cap {
-            cq.overflowed = true;
-            cq.ready.fetch_add(1, std::sync::atomic::Ordering::Release);
-            let dev = cq.dev;
-            if let Some(ch) = &cq.channel {
-                fx.notify.push(ch.clone());
-            }
-            self.devices[dev]
-                .async_events
-                .push_back(AsyncEvent::CqOverflow { cq: cq_id });
-            let victims: Vec<u32> = self
-                .qps
-                .values()
-                .filter(|q| q.send_cq == cq_id || q.recv_cq == cq_id)
-                .map(|q| q.qpn)
-                .collect();
-            for qpn in victims {
-                self.qp_error(qpn, now, fx);
-            }
+            self.cq_overflow(cq_id, now, fx);
             return;
         }
         cq.entries.push_back(wc);
-        cq.ready.fetch_add(1, std::sync::atomic::Ordering::Release);
+        cq.shared
+            .ready
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         if let Some(solicited_only) = cq.armed
             && (!solicited_only || wc.solicited || wc.status != WcStatus::Success)
         {
@@ -62,6 +61,39 @@ impl State {
             if let Some(ch) = &cq.channel {
                 fx.notify.push(ch.clone());
             }
+        }
+    }
+
+    /// The CQ overflowed: it and every QP using it go to error, once.
+    pub(crate) fn cq_overflow(&mut self, cq_id: u32, now: u64, fx: &mut Effects) {
+        let Some(cq) = self.cqs.get_mut(&cq_id) else {
+            return;
+        };
+        if cq.overflowed {
+            return;
+        }
+        cq.overflowed = true;
+        if let Some(r) = cq.shared.ring.get() {
+            r.set_overflow();
+        }
+        cq.shared
+            .ready
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        let dev = cq.dev;
+        if let Some(ch) = &cq.channel {
+            fx.notify.push(ch.clone());
+        }
+        self.devices[dev]
+            .async_events
+            .push_back(AsyncEvent::CqOverflow { cq: cq_id });
+        let victims: Vec<u32> = self
+            .qps
+            .values()
+            .filter(|q| q.send_cq == cq_id || q.recv_cq == cq_id)
+            .map(|q| q.qpn)
+            .collect();
+        for qpn in victims {
+            self.qp_error(qpn, now, fx);
         }
     }
 
@@ -107,7 +139,17 @@ impl State {
         qp.sq_outstanding = 0;
         qp.completed_unsignaled = 0;
         let sends: Vec<WrEntry> = qp.unacked.drain(..).chain(qp.pending.drain(..)).collect();
-        let recvs: Vec<RecvEntry> = qp.rq.drain(..).collect();
+        let mut recvs: Vec<RecvEntry> = qp.rq.drain(..).collect();
+        if let Some(a) = &qp.shm {
+            // Tell the peer first, so that it stops taking receives, then flush what is left.
+            a.own.set_state(crate::nic::shm::qp_state::ERR);
+            while let Some(r) = a.own.pop() {
+                recvs.push(RecvEntry {
+                    wr_id: r.wr_id,
+                    sges: r.sges,
+                });
+            }
+        }
         let (send_cq, recv_cq) = (qp.send_cq, qp.recv_cq);
         for wr in sends {
             self.push_cqe(

@@ -11,6 +11,7 @@ mod access;
 mod completion;
 mod requester;
 mod responder;
+mod shm;
 mod verbs;
 
 use std::cmp::Reverse;
@@ -66,7 +67,7 @@ pub(crate) struct DevState {
     pub async_events: VecDeque<AsyncEvent>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct MrEntry {
     pub dev: usize,
     pub pd: u32,
@@ -74,6 +75,9 @@ pub(crate) struct MrEntry {
     pub len: u64,
     pub access: Access,
     pub rkey: u32,
+    /// The memfd behind the region and the region's offset in it, when a peer process can map
+    /// it (regions without one keep their QPs on the packet wire).
+    pub memfd: Option<(Arc<std::os::fd::OwnedFd>, u64)>,
 }
 
 impl MrEntry {
@@ -95,8 +99,26 @@ pub(crate) struct CqState {
     /// Delayed completions never overtake each other.
     pub deliver_after: u64,
     /// Completions ready to poll (or 1 after an overflow), readable without the fabric lock so
-    /// that polling an empty queue costs what it costs on hardware: one memory read.
-    pub ready: Arc<std::sync::atomic::AtomicUsize>,
+    /// that polling an empty queue costs what it costs on hardware: one memory read; and the
+    /// shared-memory ring once a QP using the CQ is attached to another process.
+    pub shared: Arc<CqShared>,
+}
+
+/// The part of a CQ its handle reads without the fabric lock.
+#[derive(Debug, Default)]
+pub(crate) struct CqShared {
+    /// Completions queued in the engine's own queue (or 1 after an overflow).
+    pub ready: std::sync::atomic::AtomicUsize,
+    /// The ring in shared memory, created when a QP on this CQ attaches to a peer process;
+    /// from then on every completion of the CQ goes there.
+    pub ring: std::sync::OnceLock<crate::nic::shm::CqRing>,
+}
+
+impl CqShared {
+    pub(crate) fn ready(&self) -> usize {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+            + self.ring.get().map_or(0, |r| r.ready())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +169,9 @@ pub(crate) struct QpEntry {
     // responder
     rq: VecDeque<RecvEntry>,
     epsn: u32,
+    /// Shared-memory attachment to a QP of another process (its receive ring, state words and
+    /// the peer's mappings); `None` on the packet wire.
+    pub shm: Option<Box<crate::nic::shm::Attach>>,
 }
 
 pub(crate) enum Event {
@@ -215,8 +240,18 @@ pub struct NetStats {
     pub dropped: u64,
     /// Retransmissions after a timeout.
     pub retransmissions: u64,
-    /// RNR NAKs sent by responders.
+    /// RNR NAKs sent by responders (in shared-memory mode: receiver-not-ready retries).
     pub rnr_naks: u64,
+}
+
+/// Counters of direct placement into a peer process's memory (shared-memory mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ShmCounters {
+    pub placements: u64,
+    pub bytes_placed: u64,
+    pub cqes_written: u64,
+    pub doorbells: u64,
+    pub placement_ns: u64,
 }
 
 pub(crate) struct State {
@@ -234,6 +269,7 @@ pub(crate) struct State {
     pub faults: Faults,
     next_id: u32,
     pub stats: NetStats,
+    pub shm_stats: ShmCounters,
 }
 
 fn wc(wr_id: u64, status: WcStatus, opcode: WcOpcode, qpn: u32) -> WorkCompletion {
@@ -270,6 +306,7 @@ impl State {
             faults: Faults::default(),
             next_id: 1,
             stats: NetStats::default(),
+            shm_stats: ShmCounters::default(),
         }
     }
 

@@ -54,6 +54,9 @@ impl State {
     // ----- requester ----------------------------------------------------------------------------
 
     pub(super) fn pump(&mut self, qpn: u32, now: u64, fx: &mut Effects) {
+        if self.attached(qpn) {
+            return self.shm_pump(qpn, now, fx);
+        }
         loop {
             let Some(qp) = self.qps.get_mut(&qpn) else {
                 return;

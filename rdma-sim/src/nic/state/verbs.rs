@@ -50,6 +50,7 @@ impl State {
                 kick_scheduled: false,
                 rq: VecDeque::new(),
                 epsn: 0,
+                shm: None,
             },
         );
         qpn
@@ -105,6 +106,7 @@ impl State {
                 return Ok(());
             }
             QpState::Reset => {
+                qp.shm = None;
                 qp.pending.clear();
                 qp.unacked.clear();
                 qp.rq.clear();
@@ -119,6 +121,11 @@ impl State {
             }
         }
         qp.state = to;
+        if let Some(a) = &qp.shm {
+            a.own.set_access(qp.access);
+            a.own.set_min_rnr_ns(qp.min_rnr_timer_ns);
+            a.own.set_state(super::shm::state_code(to));
+        }
         Ok(())
     }
 
@@ -202,11 +209,15 @@ impl State {
             });
             qp.sq_outstanding += 1;
         }
+        if qp.shm.as_ref().is_some_and(|a| a.peer.is_some()) {
+            // Shared-memory mode: the NIC's work happens here, in the caller's thread.
+            self.shm_pump(qpn, now, fx);
+            return Ok(());
+        }
         if !qp.kick_scheduled {
             qp.kick_scheduled = true;
             self.schedule_now(Event::Kick { qpn }, fx);
         }
-        let _ = now;
         Ok(())
     }
 
@@ -221,7 +232,8 @@ impl State {
             _ => {}
         }
         let depth = qp.caps.max_recv_wr as usize;
-        if qp.rq.len() + wrs.len() > depth {
+        let posted = qp.rq.len() + qp.shm.as_ref().map_or(0, |a| a.own.len());
+        if posted + wrs.len() > depth {
             return Err(VerbsError::RecvQueueFull { depth });
         }
         if let Some(wr) = wrs
@@ -232,6 +244,14 @@ impl State {
                 count: wr.sges.len(),
                 max: qp.caps.max_recv_sge as usize,
             });
+        }
+        if let Some(a) = &qp.shm {
+            for w in wrs {
+                if !a.own.push(w.wr_id, w.sges) {
+                    return Err(VerbsError::RecvQueueFull { depth });
+                }
+            }
+            return Ok(());
         }
         qp.rq.extend(wrs.iter().map(|w| RecvEntry {
             wr_id: w.wr_id,
@@ -257,7 +277,7 @@ impl State {
         for (slot, wc) in out.iter_mut().zip(cq.entries.drain(..n)) {
             *slot = wc;
         }
-        cq.ready.store(
+        cq.shared.ready.store(
             cq.entries.len() + cq.overflowed as usize,
             std::sync::atomic::Ordering::Release,
         );
@@ -272,7 +292,10 @@ impl State {
             .cqs
             .get_mut(&cq)
             .ok_or_else(|| VerbsError::InvalidArgument("unknown CQ".into()))?;
-        cq.armed = Some(solicited_only);
+        match cq.shared.ring.get() {
+            Some(r) => r.arm(solicited_only),
+            None => cq.armed = Some(solicited_only),
+        }
         Ok(())
     }
 }
