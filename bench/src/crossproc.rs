@@ -139,6 +139,9 @@ struct Row {
     p50_ns: u64,
     p99_ns: u64,
     pipelined: f64,
+    /// Syscalls and allocations per call in the pipelined phase: client, server.
+    loaded_syscalls: Option<[f64; 2]>,
+    loaded_allocs: [f64; 2],
     paced: Paced,
 }
 
@@ -248,9 +251,33 @@ async fn measure<T: Transport>(
     let rtt = round_trips::<T>(&conn, s.size, s.iterations / 10, s.iterations)
         .await
         .map_err(|e| e.to_string())?;
+    // The pipelined phase is the steady state of a loaded link: its syscalls and allocations
+    // per call are counted too (busy-poll spins between paced calls, which costs the runtime's
+    // periodic I/O polls; under load there is no idle spin).
+    let (peer_alloc0, _) = peer_stats(peer)?;
+    let alloc0 = crate::alloc_count::allocations();
+    let counters = if perf {
+        Some((
+            PerfCount::start(std::process::id())?,
+            PerfCount::start(peer.pid())?,
+        ))
+    } else {
+        None
+    };
     let rate = pipelined::<T>(&conn, s.size, 64, s.iterations)
         .await
         .map_err(|e| e.to_string())?;
+    let loaded_syscalls = match counters {
+        Some((a, b)) => {
+            let n = s.iterations as f64;
+            Some([a.stop()?.0 as f64 / n, b.stop()?.0 as f64 / n])
+        }
+        None => None,
+    };
+    let loaded_allocs = [
+        (crate::alloc_count::allocations() - alloc0) as f64 / s.iterations as f64,
+        peer_stats(peer)?.0.saturating_sub(peer_alloc0) as f64 / s.iterations as f64,
+    ];
     let p = paced::<T>(&conn, s.size, s.rate, s.window, peer, perf).await?;
     println!(
         "{:<15} {:>5} B  RTT {}  | pipelined(64) {:>8.0} msg/s",
@@ -265,6 +292,8 @@ async fn measure<T: Transport>(
         p50_ns: rtt.histogram.value_at_quantile(0.5),
         p99_ns: rtt.histogram.value_at_quantile(0.99),
         pipelined: rate,
+        loaded_syscalls,
+        loaded_allocs,
         paced: p,
     })
 }
@@ -365,6 +394,21 @@ fn print_table(rows: &[Row]) {
             p.wakeups[1],
             p.allocs[0],
             p.allocs[1],
+        );
+    }
+    println!();
+    println!("per call in the pipelined phase (client / server): syscalls, heap allocations");
+    for r in rows {
+        let sys = r
+            .loaded_syscalls
+            .map(|s| format!("{:.3} / {:.3}", s[0], s[1]))
+            .unwrap_or_else(|| "n/a".into());
+        println!(
+            "{:<15} {:>8.0} msg/s  syscalls {sys}  allocs {:.1} / {:.1}",
+            r.variant.name(),
+            r.pipelined,
+            r.loaded_allocs[0],
+            r.loaded_allocs[1]
         );
     }
     let Some(tcp) = rows.iter().find(|r| r.variant == Variant::Tcp) else {

@@ -222,6 +222,8 @@ impl Verbs for SimVerbs {
             _pd: self.pd.clone(),
             wcs: vec![sim_wc_zero(); 64],
             sges: Vec::new(),
+            send_wrs: Vec::new(),
+            recv_wrs: Vec::new(),
         })
     }
 }
@@ -250,6 +252,21 @@ pub struct SimQp {
     _pd: Arc<sim::ProtectionDomain>,
     wcs: Vec<sim::WorkCompletion>,
     sges: Vec<sim::Sge>,
+    /// Work-request buffers reused across posts (no allocation per post).
+    send_wrs: Vec<sim::SendWr<'static>>,
+    recv_wrs: Vec<sim::RecvWr<'static>>,
+}
+
+// Empty vectors of another lifetime on the same allocation: the element types differ only in
+// a lifetime, so the standard library collects in place.
+fn recycle_send<'b>(mut v: Vec<sim::SendWr<'_>>) -> Vec<sim::SendWr<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
+}
+
+fn recycle_recv<'b>(mut v: Vec<sim::RecvWr<'_>>) -> Vec<sim::RecvWr<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
 }
 
 fn convert_wc(wc: &sim::WorkCompletion) -> Completion {
@@ -329,7 +346,7 @@ impl VerbsQp for SimQp {
             }
         }
         let mut at = 0;
-        let mut wrs = Vec::with_capacity(requests.len());
+        let mut wrs = recycle_send(std::mem::take(&mut self.send_wrs));
         for r in requests {
             let (sges, inline): (&[sim::Sge], _) = match r.payload {
                 Payload::Sges(s) => {
@@ -360,31 +377,30 @@ impl VerbsQp for SimQp {
                 }),
             });
         }
-        self.qp.post_send(&wrs).map_err(map_err)
+        let r = self.qp.post_send(&wrs).map_err(map_err);
+        self.send_wrs = recycle_send(wrs);
+        r
     }
 
     fn post_recv(&mut self, requests: &[RecvRequest]) -> Result<(), VerbsError> {
-        let sges: Vec<sim::Sge> = requests
-            .iter()
-            .map(|r| sim::Sge {
-                addr: r.sge.addr,
-                length: r.sge.len,
-                lkey: r.sge.lkey,
-            })
-            .collect();
-        let wrs: Vec<sim::RecvWr<'_>> = requests
-            .iter()
-            .zip(&sges)
-            .map(|(r, s)| sim::RecvWr {
-                wr_id: r.wr_id,
-                sges: if s.length == 0 {
-                    &[]
-                } else {
-                    std::slice::from_ref(s)
-                },
-            })
-            .collect();
-        self.qp.post_recv(&wrs).map_err(map_err)
+        self.sges.clear();
+        self.sges.extend(requests.iter().map(|r| sim::Sge {
+            addr: r.sge.addr,
+            length: r.sge.len,
+            lkey: r.sge.lkey,
+        }));
+        let mut wrs = recycle_recv(std::mem::take(&mut self.recv_wrs));
+        wrs.extend(requests.iter().zip(&self.sges).map(|(r, s)| sim::RecvWr {
+            wr_id: r.wr_id,
+            sges: if s.length == 0 {
+                &[]
+            } else {
+                std::slice::from_ref(s)
+            },
+        }));
+        let r = self.qp.post_recv(&wrs).map_err(map_err);
+        self.recv_wrs = recycle_recv(wrs);
+        r
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, VerbsError> {
