@@ -12,7 +12,9 @@
 //! # Across processes: shared memory with direct placement
 //! Devices of a cross-process fabric ([`Fabric::global`]) are reachable from other processes.
 //! When a QP moves to RTR towards a QP of another process, the two fabrics **attach** over a
-//! control socket (an abstract Unix socket named after the device GID): each passes the memfds
+//! control socket (an abstract Unix socket named after the device GID, `rdma-sim-ctl.<gid>`,
+//! beside the packet wire's own socket so that neither stream format carries the other's
+//! messages; one connection per attached QP pair, whose end is the liveness signal): each passes the memfds
 //! of its PD's regions (with keys, addresses, lengths, access), of its QP's shared words and
 //! receive ring, of its receive CQ's ring and its completion channel's eventfd, and maps the
 //! peer's. Memory from [`ProtectionDomain::alloc_region`] is memfd-backed on such a fabric;
@@ -70,7 +72,9 @@
 //!   uses the packet wire; faults set later do not apply to attached QPs). A send completes
 //!   when its placement is done, in `post_send`, rather than when an ack returns.
 //! - Regions registered after a QP attached are not visible to the peer of that QP (its keys
-//!   fail the remote checks); register before connecting.
+//!   fail the remote checks); register before connecting. Each attach passes (and the peer
+//!   maps) every region of the PD, so many links on one PD map each other's regions many times
+//!   (address space only: the pages are shared).
 //! - A peer QP that is not yet RTR is treated as a lost packet (retried after `timeout`, up to
 //!   `retry_cnt`); one in ERR or destroyed fails the request with `RETRY_EXC_ERR` at once,
 //!   without waiting out the retries.

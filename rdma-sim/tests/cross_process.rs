@@ -67,7 +67,10 @@ impl Node {
             })
             .unwrap();
         let mem = pd
-            .alloc_region(4 * SLOTS * MSG, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
+            .alloc_region(
+                4 * SLOTS * MSG,
+                Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ,
+            )
             .unwrap();
         Node {
             _pd: pd,
@@ -103,7 +106,7 @@ impl Node {
             .and_then(|v| v.parse().ok())
             .unwrap_or(7);
         let attr = QpAttr {
-            access: Access::REMOTE_WRITE,
+            access: Access::REMOTE_WRITE | Access::REMOTE_READ,
             rnr_retry,
             ..QpAttr::default()
         };
@@ -331,6 +334,64 @@ fn run_survivor() {
     println!("DONE errors={errors} ms={}", started.elapsed().as_millis());
 }
 
+/// READs the peer's pattern, then WRITEs with a bad rkey: REM_ACCESS_ERR here, and the peer
+/// QP goes to ERR too.
+fn run_one_sided() {
+    let mut node = Node::open();
+    let (rkey, raddr) = node.bootstrap();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap(); // the peer wrote its pattern
+    let dst = [node.mem.sge(0, MSG as u32)];
+    let read = SendWr {
+        wr_id: 1,
+        opcode: Opcode::RdmaRead,
+        sges: &dst,
+        inline: None,
+        imm: None,
+        signaled: true,
+        solicited: false,
+        remote: Some(RemoteAddr { addr: raddr, rkey }),
+    };
+    node.qp.post_send(&[read]).unwrap();
+    let wc = node.completions()[0];
+    assert_eq!(
+        (wc.wr_id, wc.status, wc.byte_len),
+        (1, WcStatus::Success, MSG as u32)
+    );
+    let mut buf = [0u8; MSG];
+    node.mem.read(0, &mut buf);
+    assert_eq!(buf, message(42), "READ returned the peer's bytes");
+    let bad = SendWr {
+        wr_id: 2,
+        opcode: Opcode::RdmaWrite,
+        sges: &dst,
+        inline: None,
+        imm: None,
+        signaled: true,
+        solicited: false,
+        remote: Some(RemoteAddr {
+            addr: raddr,
+            rkey: rkey ^ 0x100,
+        }),
+    };
+    node.qp.post_send(&[bad]).unwrap();
+    let wc = node.completions()[0];
+    println!("DONE status={:?} {}", wc.status, stats_line());
+}
+
+/// Writes a pattern for the peer to READ, posts a receive, and reports how it completed once
+/// the peer's bad WRITE moved this QP to ERR.
+fn run_one_sided_target() {
+    let mut node = Node::open();
+    let _ = node.bootstrap();
+    node.mem.write(0, &message(42));
+    node.qp.post_recv(&[recv(9)]).unwrap();
+    println!("WROTE");
+    std::io::stdout().flush().unwrap();
+    let wc = node.completions()[0];
+    println!("DONE recv={:?}", wc.status);
+}
+
 /// Connects and says READY; then waits to be killed.
 fn run_victim() {
     let node = Node::open();
@@ -452,6 +513,8 @@ fn child_process_entry() {
         "rnr-receiver" => run_rnr_receiver(),
         "survivor" => run_survivor(),
         "victim" => run_victim(),
+        "one-sided" => run_one_sided(),
+        "one-sided-target" => run_one_sided_target(),
         other => panic!("unknown role {other}"),
     }
     // Stay up until the parent has both DONE lines: exiting closes the shared-memory control
@@ -669,6 +732,24 @@ fn cross_process_rnr_retry_then_success_or_exhaustion() {
     );
     assert!(sender.starts_with("DONE status=RnrRetryExcErr"), "{sender}");
     assert!(receiver.starts_with("DONE recv=none"), "{receiver}");
+}
+
+/// RDMA READ of the peer's memory, and a remote access error that moves both QPs to ERR.
+#[test]
+fn cross_process_read_and_remote_access_error() {
+    let ((mut a, mut a_out), (mut b, mut b_out)) =
+        start_pair(("one-sided", "one-sided-target"), 1, &[]);
+    line_starting(&mut b_out, "WROTE");
+    a.stdin.as_mut().unwrap().write_all(b"GO\n").unwrap();
+    let done_a = line_starting(&mut a_out, "DONE");
+    let done_b = line_starting(&mut b_out, "DONE");
+    for c in [&mut a, &mut b] {
+        let _ = c.stdin.as_mut().unwrap().write_all(b"EXIT\n");
+    }
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    assert!(done_a.starts_with("DONE status=RemAccessErr"), "{done_a}");
+    assert_shm(&done_a);
+    assert!(done_b.starts_with("DONE recv=WrFlushErr"), "{done_b}");
 }
 
 /// Killing one process moves the other's attached QP to ERR: its posted receives and its

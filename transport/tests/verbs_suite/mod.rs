@@ -136,9 +136,16 @@ impl<V: Verbs> Side<V> {
     }
 }
 
+/// Set by a harness whose binding needs memfd-backed arenas (rdma-sim's shared-memory path).
+pub static SHARED_ARENAS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub fn connect<V: Verbs>(a: V, b: V, ca: &QpConfig, cb: &QpConfig) -> (Side<V>, Side<V>) {
     let mk = |v: V, cfg: &QpConfig| {
-        let arena = Arena::new(ARENA);
+        let arena = if SHARED_ARENAS.load(std::sync::atomic::Ordering::Relaxed) {
+            Arena::shared(ARENA).expect("memfd arena")
+        } else {
+            Arena::new(ARENA)
+        };
         let reg = v
             .register(&arena, RemoteAccess::ReadWrite)
             .expect("register");

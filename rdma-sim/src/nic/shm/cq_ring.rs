@@ -72,6 +72,7 @@ impl CqRing {
     pub(crate) fn push(&self, wc: &WorkCompletion) -> bool {
         let w = self.map.words();
         let mut pos = w[TAIL].load(Relaxed);
+        let mut spins = 0u32;
         loop {
             let slot = HDR + (pos % self.cap) as usize * SLOT;
             let seq = w[slot].load(Acquire);
@@ -91,6 +92,13 @@ impl CqRing {
                     Err(p) => pos = p,
                 }
             } else if diff < 0 {
+                // Full, unless the consumer has claimed the slot and is still reading it (it
+                // frees the slot a few instructions later): wait for that, briefly.
+                if w[HEAD].load(SeqCst) + self.cap > pos && spins < 10_000 {
+                    spins += 1;
+                    std::hint::spin_loop();
+                    continue;
+                }
                 return false;
             } else {
                 pos = w[TAIL].load(Relaxed);
