@@ -205,7 +205,7 @@ impl LinkTx for TcpTx {
         // Nothing queued ahead, nobody writing, no burst under way: write it from this task.
         let now = self.epoch.elapsed().as_nanos() as u64 + BURST_NS;
         if self.handed_over.load(Ordering::Acquire) == 0
-            && now - self.last_inline.swap(now, Ordering::Relaxed) >= BURST_NS
+            && now.saturating_sub(self.last_inline.swap(now, Ordering::Relaxed)) >= BURST_NS
             && let Ok(mut socket) = self.socket.try_lock()
             && self.handed_over.load(Ordering::Acquire) == 0
         {
