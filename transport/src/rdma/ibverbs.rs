@@ -354,7 +354,7 @@ impl VerbsQp for IbQp {
             .map_err(|e| other("QP to RTS", format!("{e:?}")))
     }
 
-    fn post_send(&mut self, requests: &[SendRequest<'_>]) -> Result<(), VerbsError> {
+    unsafe fn post_send(&mut self, requests: &[SendRequest<'_>]) -> Result<(), VerbsError> {
         let mut guard = self.qp.start_post_send();
         for r in requests {
             let mut flags = WorkRequestFlags::none();
@@ -386,10 +386,9 @@ impl VerbsQp for IbQp {
                             lkey: s.lkey,
                         })
                         .collect();
-                    // SAFETY: every SGE lies in memory registered through `register`, whose
-                    // arena outlives the QP's use of it; a posted send slot is held by the
-                    // driver as a `PostedSlot` (checked out, no access to its bytes) until its
-                    // completion.
+                    // SAFETY: the caller guarantees (this function's contract) that every SGE
+                    // lies in registered memory that outlives the request and is not written
+                    // until its completion.
                     unsafe { local.setup_sge_list(&list) };
                 }
             }
@@ -402,12 +401,12 @@ impl VerbsQp for IbQp {
         })
     }
 
-    fn post_recv(&mut self, requests: &[RecvRequest]) -> Result<(), VerbsError> {
+    unsafe fn post_recv(&mut self, requests: &[RecvRequest]) -> Result<(), VerbsError> {
         let mut guard = self.qp.start_post_recv();
         for r in requests {
             let wr = guard.construct_wr(r.wr_id);
-            // SAFETY: the receive slot lies in registered memory that outlives the QP's use of
-            // it (a posted slot is never checked out to the application).
+            // SAFETY: the caller guarantees (this function's contract) that the buffer lies in
+            // registered memory that outlives the receive and is not accessed until it completes.
             unsafe {
                 if r.sge.len == 0 {
                     wr.setup_sge_list(&[]);

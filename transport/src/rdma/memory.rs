@@ -3,7 +3,11 @@
 //! the application (a send slot being filled, a received frame being read) or to the NIC
 //! (posted). This is the backend's shared-memory module: every `unsafe` that touches slot
 //! memory is here (the verbs bindings hold the FFI ones), and the slot check-out flags turn
-//! "one owner per slot at a time" into a runtime-checked rule.
+//! "one owner per slot at a time" into a runtime-checked rule. What the device holds only the
+//! caller knows, so the two ways to reach bytes the device may be using — checking out a slot
+//! ([`SlotRegion::checkout`]) and taking a posted one back ([`PostedSlot::into_slot`]) — are
+//! `unsafe fn`s, as is posting (`VerbsQp::post_send`/`post_recv`); the driver makes those
+//! calls in one place (`driver/nic.rs`).
 
 #![allow(unsafe_code)]
 
@@ -180,6 +184,14 @@ impl Drop for Arena {
 
 /// `count` slots of `slot_size` bytes starting at `base` in an arena, each checked out to at
 /// most one owner at a time.
+///
+/// Taking a slot is `unsafe` (the device may be writing a posted receive slot):
+///
+/// ```compile_fail
+/// use rdmq_transport::rdma::memory::{Arena, SlotRegion};
+/// let region = SlotRegion::new(Arena::new(4096), 0, 4096, 1);
+/// let slot = region.checkout(0); // error[E0133]: call to unsafe function
+/// ```
 #[derive(Debug)]
 pub struct SlotRegion {
     arena: Arc<Arena>,
@@ -245,7 +257,12 @@ impl SlotRegion {
 
     /// Takes slot `idx` for exclusive use. Panics if it is already out: that would be a
     /// protocol bug letting two owners (or the NIC and an owner) share memory.
-    pub fn checkout(self: &Arc<Self>, idx: u32) -> Slot {
+    ///
+    /// # Safety
+    /// The slot must not be posted to a device: no receive naming its bytes may be outstanding
+    /// (its completion has been polled, or the QP flushed). The check-out flag catches two
+    /// owners; only the caller knows what the device holds.
+    pub unsafe fn checkout(self: &Arc<Self>, idx: u32) -> Slot {
         let flag = &self.out[idx as usize];
         assert!(
             !flag.swap(true, Ordering::Acquire),
@@ -366,9 +383,12 @@ impl PostedSlot {
         self.0.idx
     }
 
-    /// Takes the slot back from the NIC. Call only after the work request's completion (or
-    /// the queue pair's teardown) says the device no longer reads it.
-    pub fn into_slot(self) -> Slot {
+    /// Takes the slot back from the NIC.
+    ///
+    /// # Safety
+    /// The work request that posted it must have completed (or the queue pair been flushed):
+    /// the device may read the bytes until then.
+    pub unsafe fn into_slot(self) -> Slot {
         self.0
     }
 }
@@ -412,7 +432,8 @@ mod tests {
         assert!(arena.memfd().is_some());
         assert_eq!(arena.len(), PAGE);
         let region = SlotRegion::new(arena, 0, 64, 2);
-        let mut slot = region.checkout(0);
+        // SAFETY: no device holds this arena.
+        let mut slot = unsafe { region.checkout(0) };
         assert_eq!(slot.as_slice()[0], 0);
         slot.as_mut_slice()[0] = 7;
         assert_eq!(slot.as_slice()[0], 7);
@@ -431,14 +452,21 @@ mod tests {
     fn a_posted_slot_stays_checked_out_until_taken_back() {
         let arena = Arena::new(2 * PAGE);
         let region = SlotRegion::new(arena, 0, PAGE, 2);
-        let mut slot = region.checkout(1);
+        // No device holds this arena: "posted" is only the slot's state here.
+        // SAFETY: no device holds this arena.
+        let mut slot = unsafe { region.checkout(1) };
         slot.as_mut_slice()[0] = 42;
         let posted = slot.into_posted();
-        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| region.checkout(1)));
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: as above.
+            unsafe { region.checkout(1) }
+        }));
         assert!(again.is_err(), "a posted slot cannot be checked out twice");
-        let slot = posted.into_slot();
+        // SAFETY: as above.
+        let slot = unsafe { posted.into_slot() };
         assert_eq!(slot.as_slice()[0], 42);
         drop(slot);
-        assert_eq!(region.checkout(1).as_slice()[0], 42);
+        // SAFETY: as above.
+        assert_eq!(unsafe { region.checkout(1) }.as_slice()[0], 42);
     }
 }

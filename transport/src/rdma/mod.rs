@@ -1,7 +1,8 @@
 //! The RDMA backend.
 //!
 //! - [`verbs`]: the device boundary (a small `Verbs` trait) and its work-request types.
-//! - [`memory`]: the registered arena and its slots (the data path's only `unsafe`).
+//! - [`memory`]: the registered arena and its slots (the shared-memory `unsafe`); taking a slot
+//!   and posting are `unsafe fn`s, called by the driver only in `driver/nic.rs`.
 //! - [`sim`]: `Verbs` over rdma-sim; `ibverbs` (feature `ibverbs`, on by default): `Verbs`
 //!   over real libibverbs through sideway.
 //! - [`core`]: the sans-IO protocol core — where a frame becomes a work request.

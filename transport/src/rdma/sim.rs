@@ -334,7 +334,8 @@ impl VerbsQp for SimQp {
         self.qp.connect(addr, &attr).map_err(map_err)
     }
 
-    fn post_send(&mut self, requests: &[SendRequest<'_>]) -> Result<(), VerbsError> {
+    #[allow(unsafe_code)]
+    unsafe fn post_send(&mut self, requests: &[SendRequest<'_>]) -> Result<(), VerbsError> {
         self.sges.clear();
         for r in requests {
             if let Payload::Sges(sges) = r.payload {
@@ -382,7 +383,8 @@ impl VerbsQp for SimQp {
         r
     }
 
-    fn post_recv(&mut self, requests: &[RecvRequest]) -> Result<(), VerbsError> {
+    #[allow(unsafe_code)]
+    unsafe fn post_recv(&mut self, requests: &[RecvRequest]) -> Result<(), VerbsError> {
         self.sges.clear();
         self.sges.extend(requests.iter().map(|r| sim::Sge {
             addr: r.sge.addr,

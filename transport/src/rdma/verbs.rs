@@ -269,10 +269,23 @@ pub trait VerbsQp: Send + std::fmt::Debug + 'static {
     fn connect(&mut self, remote: &QpEndpoint) -> Result<(), VerbsError>;
 
     /// Posts send requests with one doorbell.
-    fn post_send(&mut self, requests: &[SendRequest<'_>]) -> Result<(), VerbsError>;
+    ///
+    /// # Safety
+    /// Every SGE must lie in memory registered with this device that stays allocated until the
+    /// request completes (or the QP is flushed), and nothing may write those bytes through a
+    /// Rust reference until then: the device reads them at a time of its choosing. Inline
+    /// payloads are copied at post time and carry no such duty.
+    #[allow(unsafe_code)]
+    unsafe fn post_send(&mut self, requests: &[SendRequest<'_>]) -> Result<(), VerbsError>;
 
     /// Posts receive requests with one doorbell.
-    fn post_recv(&mut self, requests: &[RecvRequest]) -> Result<(), VerbsError>;
+    ///
+    /// # Safety
+    /// Every SGE must lie in memory registered with this device that stays allocated until the
+    /// receive completes (or the QP is flushed), and no Rust reference to those bytes may be
+    /// used until then: the device writes them when a message arrives.
+    #[allow(unsafe_code)]
+    unsafe fn post_recv(&mut self, requests: &[RecvRequest]) -> Result<(), VerbsError>;
 
     /// Moves up to `max` completions (receive CQ first, then send CQ) into `out`.
     fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, VerbsError>;

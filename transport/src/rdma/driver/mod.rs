@@ -12,11 +12,14 @@
 //! - `background.rs`: slow paths only — timers (keepalive, liveness, a lazy credit return),
 //!   slot returns while the peer is short of credits, and the bootstrap socket's liveness;
 //! - `state.rs`: the link's state below the core and one round of progress
-//!   ([`Core`] in, work requests out), shared by all of the above under one short lock.
+//!   ([`Core`] in, work requests out), shared by all of the above under one short lock;
+//! - `nic.rs`: where registered memory is handed to the device and taken back — the driver's
+//!   only `unsafe`, resting on the core's bookkeeping.
 //!
 //! [`Core`]: super::core::Core
 
 mod background;
+mod nic;
 mod rx;
 mod state;
 mod tx;

@@ -12,12 +12,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
-use super::PollMode;
+use super::{PollMode, nic};
 use crate::counters::LinkCounters;
 use crate::error::TransportError;
 use crate::rdma::core::{Core, CoreError, Event, RecvWork, SendWork};
 use crate::rdma::memory::{PostedSlot, Slot, SlotRegion};
-use crate::rdma::post::{PostBuffers, RecvPost};
+use crate::rdma::post::PostBuffers;
 use crate::rdma::sys::ChannelFd;
 use crate::rdma::verbs::{Completion, Registration, VerbsError, VerbsQp};
 use crate::signal::DeadSignal;
@@ -118,10 +118,14 @@ impl<Q: VerbsQp> Shared<Q> {
         };
         // Post every receive before the peer is told it may send.
         inner.core.poll_recv_posts(&mut inner.recv_work);
-        let reqs = inner
-            .post
-            .recv(RecvPost::new(&inner.recv_work, &s.recv, s.lkey));
-        if let Err(e) = inner.qp.post_recv(reqs) {
+        let posted = nic::post_recv(
+            &mut inner.qp,
+            &mut inner.post,
+            &inner.recv_work,
+            &s.recv,
+            s.lkey,
+        );
+        if let Err(e) = posted {
             inner.core.fail(CoreError::Protocol(format!(
                 "initial post_recv failed: {e}"
             )));
@@ -311,7 +315,7 @@ impl<Q: VerbsQp> Inner<Q> {
         let c = &sh.counters;
         match event {
             Event::Frame { slot, len } => {
-                let s = sh.recv_region.checkout(slot);
+                let s = nic::take_received(&sh.recv_region, slot);
                 // Frames the application took and still holds (not those queued unread: those
                 // must keep their credit, or a slow reader could not push back on the peer).
                 let held = (self.core.lent() as usize).saturating_sub(self.queued_lent + 1);
@@ -351,11 +355,15 @@ impl<Q: VerbsQp> Inner<Q> {
         self.recv_work.clear();
         self.core.poll_recv_posts(&mut self.recv_work);
         if !self.recv_work.is_empty() {
-            let reqs = self
-                .post
-                .recv(RecvPost::new(&self.recv_work, &sh.recv_region, sh.lkey));
             LinkCounters::add(&sh.counters.send_calls, 1);
-            if let Err(e) = self.qp.post_recv(reqs) {
+            let posted = nic::post_recv(
+                &mut self.qp,
+                &mut self.post,
+                &self.recv_work,
+                &sh.recv_region,
+                sh.lkey,
+            );
+            if let Err(e) = posted {
                 self.core
                     .fail(CoreError::Protocol(format!("post_recv failed: {e}")));
             }
@@ -379,12 +387,13 @@ impl<Q: VerbsQp> Inner<Q> {
             bytes += len as u64;
             frames += 1;
         }
-        let qp = &mut self.qp;
-        let result = self
-            .post
-            .send(&self.send_work, &sh.send_region, sh.lkey, |reqs| {
-                qp.post_send(reqs)
-            });
+        let result = nic::post_send(
+            &mut self.qp,
+            &mut self.post,
+            &self.send_work,
+            &sh.send_region,
+            sh.lkey,
+        );
         LinkCounters::add(&sh.counters.send_calls, 1);
         match result {
             Ok(()) => {
@@ -422,7 +431,7 @@ impl<Q: VerbsQp> Inner<Q> {
                 break;
             };
             progress = true;
-            let s = sh.recv_region.checkout(slot);
+            let s = nic::take_received(&sh.recv_region, slot);
             self.assembling
                 .extend_from_slice(&s.as_slice()[..len as usize]);
             drop(s);
@@ -450,12 +459,7 @@ impl<Q: VerbsQp> Inner<Q> {
 
     /// Checks out send slot `idx` afresh (a previous owner — the NIC — is done with it).
     pub(crate) fn take_send_slot(&mut self, sh: &Shared<Q>, idx: u32) -> Slot {
-        drop(
-            self.send_slots[idx as usize]
-                .take()
-                .map(PostedSlot::into_slot),
-        );
-        sh.send_region.checkout(idx)
+        nic::take_send(&sh.send_region, self.send_slots[idx as usize].take(), idx)
     }
 
     /// Records a filled send slot as posted (the NIC owns it until its completion).
