@@ -35,7 +35,7 @@ pub(crate) mod state {
 #[derive(Debug, Clone)]
 pub(crate) struct SharedRecv {
     pub wr_id: u64,
-    pub sges: Vec<Sge>,
+    pub sges: smallvec::SmallVec<[Sge; 4]>,
 }
 
 #[derive(Debug)]

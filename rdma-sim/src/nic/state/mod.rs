@@ -121,11 +121,14 @@ impl CqShared {
     }
 }
 
+/// Scatter/gather lists of up to four entries stay inline (no allocation per work request).
+pub(crate) type SgeList = smallvec::SmallVec<[Sge; 4]>;
+
 #[derive(Debug, Clone)]
 struct WrEntry {
     wr_id: u64,
     opcode: Opcode,
-    sges: Vec<Sge>,
+    sges: SgeList,
     inline: Option<Vec<u8>>,
     imm: Option<u32>,
     signaled: bool,
@@ -136,7 +139,7 @@ struct WrEntry {
 
 struct RecvEntry {
     wr_id: u64,
-    sges: Vec<Sge>,
+    sges: SgeList,
 }
 
 pub(crate) struct QpEntry {

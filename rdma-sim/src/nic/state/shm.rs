@@ -326,7 +326,7 @@ impl State {
                     && m.covers(s.addr, s.length as u64)
             })
         };
-        let mut src: Vec<Source<'_>> = Vec::with_capacity(wr.sges.len().max(1));
+        let mut src: smallvec::SmallVec<[Source<'_>; 4]> = smallvec::SmallVec::new();
         if let Some(d) = &wr.inline {
             src.push(Source::Bytes(d));
         } else if wr.opcode != Opcode::RdmaRead {
@@ -366,7 +366,7 @@ impl State {
                 if total as u64 > cap {
                     return refuse(WcStatus::LocLenErr, WcStatus::RemInvReqErr);
                 }
-                let mut dst: Vec<Span<'_>> = Vec::with_capacity(recv.sges.len());
+                let mut dst: smallvec::SmallVec<[Span<'_>; 4]> = smallvec::SmallVec::new();
                 let mut rest = total as u64;
                 for g in &recv.sges {
                     if rest == 0 {

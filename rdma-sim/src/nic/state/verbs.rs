@@ -196,9 +196,9 @@ impl State {
                 wr_id: wr.wr_id,
                 opcode: wr.opcode,
                 sges: if wr.inline.is_some() {
-                    Vec::new()
+                    SgeList::new()
                 } else {
-                    wr.sges.to_vec()
+                    SgeList::from_slice(wr.sges)
                 },
                 inline: wr.inline.map(<[u8]>::to_vec),
                 imm: wr.imm,
@@ -255,7 +255,7 @@ impl State {
         }
         qp.rq.extend(wrs.iter().map(|w| RecvEntry {
             wr_id: w.wr_id,
-            sges: w.sges.to_vec(),
+            sges: SgeList::from_slice(w.sges),
         }));
         Ok(())
     }
