@@ -75,6 +75,17 @@ fn send(inline: &[u8], wr_id: u64, signaled: bool, solicited: bool) -> SendWr<'_
     }
 }
 
+/// Posts zero-length receives with ids `ids` (enough for SENDs without payload).
+fn post_empty_recvs(qp: &rdma_sim::QueuePair, ids: std::ops::Range<u64>) {
+    let recvs: Vec<RecvWr<'_>> = ids
+        .map(|i| RecvWr {
+            wr_id: i,
+            sges: &[],
+        })
+        .collect();
+    qp.post_recv(&recvs).unwrap();
+}
+
 fn poll(cq: &CompletionQueue) -> Result<Vec<WorkCompletion>, VerbsError> {
     let mut wcs = vec![
         WorkCompletion {
@@ -158,13 +169,7 @@ fn a_too_small_receive_fails_both_sides() {
 #[test]
 fn overflowing_the_peers_cq_puts_it_in_error() {
     let (a, b) = pair(2);
-    let recvs: Vec<RecvWr<'_>> = (0..4)
-        .map(|i| RecvWr {
-            wr_id: i,
-            sges: &[],
-        })
-        .collect();
-    b.qp.post_recv(&recvs).unwrap();
+    post_empty_recvs(&b.qp, 0..4);
     for i in 0..3 {
         a.qp.post_send(&[send(b"", i, false, false)]).unwrap();
     }
@@ -179,17 +184,11 @@ fn overflowing_the_peers_cq_puts_it_in_error() {
 #[test]
 fn unsignaled_sends_free_their_slots_with_the_next_signaled_one() {
     let (a, b) = pair(256);
-    let recvs: Vec<RecvWr<'_>> = (0..128)
-        .map(|i| RecvWr {
-            wr_id: i,
-            sges: &[],
-        })
-        .collect();
-    b.qp.post_recv(&recvs).unwrap();
+    post_empty_recvs(&b.qp, 0..128);
     let wrs: Vec<SendWr<'_>> = (0..128).map(|i| send(b"", i, i == 127, false)).collect();
     a.qp.post_send(&wrs).unwrap();
     assert_eq!(poll(&a.cq).unwrap().len(), 1, "one signaled completion");
-    b.qp.post_recv(&recvs[..1]).unwrap();
+    post_empty_recvs(&b.qp, 0..1);
     a.qp.post_send(&[send(b"", 200, true, false)]).unwrap();
     assert_eq!(poll(&b.cq).unwrap().len(), 64);
 }
@@ -197,13 +196,7 @@ fn unsignaled_sends_free_their_slots_with_the_next_signaled_one() {
 #[test]
 fn solicited_only_arming_rings_only_for_solicited_sends() {
     let (a, b) = pair(64);
-    let recvs: Vec<RecvWr<'_>> = (0..4)
-        .map(|i| RecvWr {
-            wr_id: i,
-            sges: &[],
-        })
-        .collect();
-    b.qp.post_recv(&recvs).unwrap();
+    post_empty_recvs(&b.qp, 0..4);
     // Attached: the ring exists once connected; arm it for solicited completions only.
     b.cq.req_notify(true).unwrap();
     a.qp.post_send(&[send(b"", 1, false, false)]).unwrap();
