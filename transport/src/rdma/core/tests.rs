@@ -301,3 +301,61 @@ fn completions_of_an_older_generation_are_ignored_and_errors_fail_the_link() {
         Some(Event::Failed(CoreError::Completion { .. }))
     ));
 }
+
+#[test]
+fn credits_ride_on_frames_until_the_peer_runs_short() {
+    let mut p = Pair::new(32);
+    // A few frames from A, read and released by B: A still has most of its credits, so B owes
+    // them but sends no explicit update (they would ride on B's next frame).
+    for i in 0..3 {
+        send_slot(&mut p.a.core, 10 + i);
+    }
+    p.run();
+    assert_eq!(take_frames(&mut p.b).len(), 3);
+    p.run();
+    assert!(!p.b.core.credits_low());
+    assert_eq!(
+        p.b.core.stats().credit_updates_sent,
+        0,
+        "no update while A has plenty"
+    );
+    // A frame from B carries them back.
+    send_slot(&mut p.b.core, 5);
+    p.run();
+    assert_eq!(take_frames(&mut p.a).len(), 1);
+    assert_eq!(
+        p.a.core.peer_credits(),
+        32,
+        "B's frame returned all three credits"
+    );
+    assert_eq!(p.b.core.stats().credit_updates_sent, 0);
+    // Now A sends until B's view of A's credits drops below a quarter of the window: the
+    // released slots are reported at once, without waiting for a frame or the lazy timer.
+    for i in 0..26 {
+        send_slot(&mut p.a.core, 20 + i);
+    }
+    p.run();
+    assert!(p.b.core.credits_low(), "A holds 6 of 32 credits");
+    // One slot released (far below `ack_threshold`) is reported at once.
+    let mut frames = std::mem::take(&mut p.b.events)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Frame { slot, .. } => Some(slot),
+            _ => None,
+        });
+    let first = frames.next().expect("a frame");
+    let before = p.a.core.peer_credits();
+    p.b.core.release_recv(first);
+    p.run();
+    assert_eq!(
+        p.b.core.stats().credit_updates_sent,
+        1,
+        "B must report a released slot while A runs short"
+    );
+    assert_eq!(p.a.core.peer_credits(), before + 1);
+    for slot in frames {
+        p.b.core.release_recv(slot);
+    }
+    p.run();
+    assert!(!p.b.core.credits_low());
+}
