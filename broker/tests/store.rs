@@ -386,6 +386,105 @@ fn bad_input_and_a_full_disk_are_typed_errors() {
     store.shutdown();
 }
 
+fn segment_lengths(dir: &Path) -> Vec<u64> {
+    std::fs::read_dir(dir.join("commitlog"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect()
+}
+
+#[test]
+fn a_segment_is_not_preallocated_when_that_would_leave_too_little_free_space() {
+    // Preallocation is an optimisation: a store whose disk cannot spare a whole segment opens
+    // with the segment unreserved, and the free-space check answers appends.
+    let dir = tmp();
+    let c = StoreConfig {
+        min_free_bytes: u64::MAX / 4,
+        ..cfg(dir.path(), FlushMode::Sync)
+    };
+    let store = Store::open(c).unwrap();
+    assert_eq!(segment_lengths(dir.path()), vec![0]);
+    store.put_topic(TopicConfig::new("T", 1)).unwrap();
+    match rt().block_on(store.put(&[msg("T", 0, 0, 10)])) {
+        Err(StoreError::Busy(why)) => assert!(why.contains("disk full"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    store.shutdown();
+    // With room to spare the same segment is reserved on the next open.
+    let store = Store::open(cfg(dir.path(), FlushMode::Sync)).unwrap();
+    assert_eq!(segment_lengths(dir.path()), vec![64 << 20]);
+    store.shutdown();
+}
+
+/// A tmpfs of `bytes` mounted on a fresh directory, unmounted on drop; `None` where this
+/// process may not mount (not root, or no CAP_SYS_ADMIN).
+struct SmallDisk(common::TempDir);
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tmp();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_disk_smaller_than_a_segment_opens_fills_and_keeps_what_it_acknowledged() {
+    let Some(disk) = SmallDisk::mount(16 << 20) else {
+        eprintln!("skipped: this process cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let store_dir = disk.0.path().join("store");
+    // A 64 MiB segment on a 16 MiB disk: the reservation cannot be made, the store still
+    // opens. The free-space bound exceeds what is written between two checks (4 MiB), so the
+    // store refuses before the file system does.
+    let c = StoreConfig {
+        min_free_bytes: 6 << 20,
+        ..cfg(&store_dir, FlushMode::Sync)
+    };
+    let store = Store::open(c.clone()).unwrap();
+    assert!(segment_lengths(&store_dir).iter().all(|len| *len < 1 << 20));
+    store.put_topic(TopicConfig::new("T", 1)).unwrap();
+    let r = rt();
+    let mut acked = 0;
+    let refusal = loop {
+        match r.block_on(store.put(&[msg("T", 0, acked, 64 << 10)])) {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 256, "a 16 MiB disk took {acked} 64 KiB messages");
+    };
+    assert!(
+        matches!(&refusal, StoreError::Busy(why) if why.contains("disk full")),
+        "{refusal:?}"
+    );
+    assert!(
+        acked >= 50,
+        "only {acked} messages fitted before the refusal"
+    );
+    store.shutdown();
+    drop(store);
+    // Everything acknowledged is there after a restart on the same full disk.
+    let store = Store::open(c).unwrap();
+    let got = read_all(&store, "T", 0);
+    assert_eq!(got.len(), acked);
+    assert!(got.iter().all(|m| m.body.len() == 64 << 10));
+    store.shutdown();
+}
+
 #[test]
 fn a_roll_leaving_less_than_a_header_of_slack_is_not_mistaken_for_a_tear() {
     // Preallocated segments end in zero fill; when a roll leaves fewer bytes than a frame

@@ -134,6 +134,14 @@ struct Flags {
         help_heading = "Embedded broker"
     )]
     flush: Option<String>,
+    /// Its commit-log segment size, reserved on disk up front (default 1g)
+    #[arg(
+        long,
+        value_name = "SIZE",
+        env = "RDMQ_PROXY_SEGMENT_SIZE",
+        help_heading = "Embedded broker"
+    )]
+    segment_size: Option<String>,
     /// Create a topic at start; repeatable
     #[arg(
         long,
@@ -223,6 +231,7 @@ impl ProxyConfig {
             ("--broker-listen", f.broker_listen),
             ("--store-dir", f.store_dir),
             ("--flush", f.flush),
+            ("--segment-size", f.segment_size),
             ("--broker-name", f.broker_name),
         ] {
             if let Some(v) = v {
@@ -271,7 +280,7 @@ impl ProxyConfig {
         if embedded || !broker_args.is_empty() {
             if !embedded && cfg.embedded_broker.is_none() {
                 return Err(ConfigError(
-                    "--broker-listen, --store-dir, --flush and --topic configure the embedded broker: add --embedded-broker".into(),
+                    "--broker-listen, --store-dir, --flush, --segment-size and --topic configure the embedded broker: add --embedded-broker".into(),
                 ));
             }
             let base = cfg.embedded_broker.take().unwrap_or_else(embedded_defaults);
@@ -346,6 +355,7 @@ fn apply_broker_flags(base: BrokerConfig, flags: &[String]) -> Result<BrokerConf
                 match flag.as_str() {
                     "--store-dir" => cfg.store_dir = parsed.store_dir,
                     "--flush" => cfg.flush = parsed.flush,
+                    "--segment-size" => cfg.segment_size = parsed.segment_size,
                     "--topic" => cfg.topics.extend(parsed.topics),
                     "--broker-name" => cfg.broker_name = parsed.broker_name,
                     _ => unreachable!("only embedded-broker flags reach here"),

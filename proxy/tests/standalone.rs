@@ -37,6 +37,7 @@ async fn serves_clients_against_a_separately_started_broker() {
         .args(["--listen", "tcp://127.0.0.1:0", "--store-dir"])
         .arg(&store.0)
         .args(["--topic", "orders:2", "--auto-create-topics", "false"])
+        .args(["--segment-size", "64m"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

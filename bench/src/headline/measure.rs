@@ -111,9 +111,12 @@ impl Deployment {
     }
 
     /// Stops both (proxy first, as a drain would).
+    /// Stops both processes and deletes the broker's store (its segments are reserved on
+    /// disk up front); the logs stay.
     pub fn stop(self) {
         self.proxy.stop(Duration::from_secs(10));
         self.broker.stop(Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(self.dir.join("store"));
     }
 
     /// Where its logs are.

@@ -43,6 +43,10 @@ pub struct Segments {
     /// Bytes reserved for each new segment up front (0 = none): appends then write into
     /// allocated blocks, so a concurrent fsync does not stall them on block allocation.
     prealloc: u64,
+    /// Free bytes a preallocation must leave on the file system; below that the segment is
+    /// not reserved and grows with its appends instead (the store's own free-space check
+    /// refuses appends at the same bound).
+    keep_free: u64,
 }
 
 fn segment_name(base: u64) -> String {
@@ -51,8 +55,8 @@ fn segment_name(base: u64) -> String {
 
 impl Segments {
     /// Opens (creating) `dir` and every segment in it; new segments get `prealloc` bytes
-    /// reserved.
-    pub fn open(dir: &Path, prealloc: u64) -> io::Result<Segments> {
+    /// reserved while that leaves `keep_free` bytes free on the file system.
+    pub fn open(dir: &Path, prealloc: u64, keep_free: u64) -> io::Result<Segments> {
         std::fs::create_dir_all(dir)?;
         let mut files = BTreeMap::new();
         for entry in std::fs::read_dir(dir)? {
@@ -71,6 +75,7 @@ impl Segments {
             dir: dir.to_owned(),
             files: RwLock::new(files),
             prealloc,
+            keep_free,
         })
     }
 
@@ -120,12 +125,34 @@ impl Segments {
         }
     }
 
+    /// Preallocation is an optimisation: where the disk lacks room for it, the segment is
+    /// left to grow with its appends rather than failing the store.
     fn reserve(&self, f: &File) -> io::Result<()> {
-        if self.prealloc == 0 {
+        let len = f.metadata()?.len();
+        if self.prealloc <= len {
+            return Ok(());
+        }
+        let need = self.prealloc - len;
+        if let Some(free) = crate::sys::free_bytes(&self.dir)
+            && free < need.saturating_add(self.keep_free)
+        {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                free, need, "not preallocating the commit log segment: too little free space"
+            );
             return Ok(());
         }
         match crate::sys::preallocate(f, self.prealloc) {
             Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+                // Give back whatever the failed call reserved beyond the old end.
+                f.set_len(len)?;
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    "not preallocating the commit log segment: the disk is full"
+                );
+                Ok(())
+            }
             other => other,
         }
     }

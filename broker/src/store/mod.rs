@@ -95,6 +95,18 @@ impl StoreConfig {
     }
 }
 
+/// Why appends are refused for lack of free space under the store, if they are.
+fn space_refusal(cfg: &StoreConfig) -> Option<String> {
+    match crate::sys::free_bytes(&cfg.dir) {
+        Some(free) if free < cfg.min_free_bytes => Some(format!(
+            "disk full: {free} bytes free under {}, at least {} required",
+            cfg.dir.display(),
+            cfg.min_free_bytes
+        )),
+        _ => None,
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -453,14 +465,7 @@ impl Store {
         {
             st.space_checked_pos = st.write_pos;
             st.space_checked_at = Instant::now();
-            st.space_refusal = match crate::sys::free_bytes(&cfg.dir) {
-                Some(free) if free < cfg.min_free_bytes => Some(format!(
-                    "disk full: {free} bytes free under {}, at least {} required",
-                    cfg.dir.display(),
-                    cfg.min_free_bytes
-                )),
-                _ => None,
-            };
+            st.space_refusal = space_refusal(cfg);
         }
         match &st.space_refusal {
             Some(why) => Err(StoreError::Busy(why.clone())),

@@ -48,7 +48,11 @@ impl Store {
         let checkpoint: Checkpoint = meta::load_json(&cfg.dir, CHECKPOINT)?.unwrap_or_default();
         let topics: Vec<TopicConfig> = meta::load_json(&cfg.dir, TOPICS)?.unwrap_or_default();
         let offsets: Offsets = meta::load_json(&cfg.dir, OFFSETS)?.unwrap_or_default();
-        let segments = Segments::open(&cfg.dir.join("commitlog"), cfg.segment_size)?;
+        let segments = Segments::open(
+            &cfg.dir.join("commitlog"),
+            cfg.segment_size,
+            cfg.min_free_bytes,
+        )?;
         let queues = Queues::open(&cfg.dir.join("consumequeue"), checkpoint.offset)?;
         let index = KeyIndex::open(&cfg.dir.join("index"), checkpoint.offset)?;
         let started = Instant::now();
@@ -118,7 +122,7 @@ impl Store {
                 segment_base,
                 space_checked_pos: end.end,
                 space_checked_at: Instant::now(),
-                space_refusal: None,
+                space_refusal: super::space_refusal(&cfg),
                 failure: None,
                 fatal: false,
                 shutdown: false,

@@ -46,6 +46,9 @@ pub fn args(store: &TempDir, broker_url: &str, topics: &[&str]) -> Vec<String> {
         broker_url.to_owned(),
         "--store-dir".to_owned(),
         store.0.display().to_string(),
+        // Segments are reserved on disk up front: keep the tests' disk use small.
+        "--segment-size".to_owned(),
+        "64m".to_owned(),
     ];
     for t in topics {
         a.push("--topic".into());
