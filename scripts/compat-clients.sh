@@ -21,5 +21,5 @@ echo "== npm ali-ons (broker/compat/ali-ons)"
 (cd broker/compat/ali-ons && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== crates.io rocketmq-client-rust (broker/compat/rust-remoting)"
-CARGO_TARGET_DIR="$PWD/target/compat" cargo build --locked --quiet \
+CARGO_TARGET_DIR="$PWD/target/compat" CARGO_PROFILE_DEV_DEBUG=0 cargo build --locked --quiet \
   --manifest-path broker/compat/rust-remoting/Cargo.toml

@@ -46,5 +46,5 @@ echo "== npm rocketmq-client-nodejs (proxy/compat/node)"
 (cd proxy/compat/node && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== crates.io rocketmq (proxy/compat/rust)"
-CARGO_TARGET_DIR="$PWD/target/compat" cargo build --locked --quiet \
+CARGO_TARGET_DIR="$PWD/target/compat" CARGO_PROFILE_DEV_DEBUG=0 cargo build --locked --quiet \
   --manifest-path proxy/compat/rust/Cargo.toml
