@@ -77,7 +77,13 @@ struct Shared<T> {
     calls: Mutex<Calls>,
     idle: Notify,
     reader: Mutex<Option<JoinHandle<()>>>,
+    /// A header encoding buffer kept between sends (taken by one sender at a time; a
+    /// concurrent sender uses a fresh one), so a steady stream of sends allocates none.
+    scratch: Mutex<Vec<u8>>,
 }
+
+/// Header buffers larger than this are not kept for the next send.
+const SCRATCH_KEEP: usize = 64 << 10;
 
 impl<T: LinkTx> Shared<T> {
     /// The calls in flight. A poisoned lock (a panic mid-update) ends the connection: its
@@ -101,11 +107,27 @@ impl<T: LinkTx> Shared<T> {
     }
 
     async fn send_command(&self, cmd: &RemotingCommand) -> Result<(), TransportError> {
-        let mut scratch = Vec::with_capacity(256);
-        let enc = cmd.encode_with(&mut scratch, self.max_frame)?;
-        let mut buf = self.tx.reserve(enc.frame_len()).await?;
-        enc.write_to(&mut buf);
-        self.tx.send(buf)
+        let mut scratch = self
+            .scratch
+            .try_lock()
+            .map(|mut kept| std::mem::take(&mut *kept))
+            .unwrap_or_default();
+        if scratch.capacity() == 0 {
+            scratch.reserve(256);
+        }
+        let sent = {
+            let enc = cmd.encode_with(&mut scratch, self.max_frame)?;
+            let mut buf = self.tx.reserve(enc.frame_len()).await?;
+            enc.write_to(&mut buf);
+            self.tx.send(buf)
+        };
+        if scratch.capacity() <= SCRATCH_KEEP
+            && let Ok(mut kept) = self.scratch.try_lock()
+            && kept.capacity() == 0
+        {
+            *kept = scratch;
+        }
+        sent
     }
 
     fn complete(&self, response: RemotingCommand) {
@@ -262,6 +284,7 @@ impl<T: LinkTx> Connection<T> {
             }),
             idle: Notify::new(),
             reader: Mutex::new(None),
+            scratch: Mutex::new(Vec::new()),
         });
         let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_capacity.max(1));
         let reader = tokio::spawn(read_loop(shared.clone(), rx, incoming_tx));

@@ -232,3 +232,42 @@ fn json_escapes_surrogates_and_unknown_nested_values() {
         );
     }
 }
+
+#[test]
+fn a_repeated_field_keeps_its_place_and_takes_the_last_value() {
+    // JSON: an escaped key is the same key as its plain spelling.
+    let header = br#"{"code":1,"extFields":{"a":"1","b":"2","\u0061":"3","c":"4","b":"5"}}"#;
+    let cmd = RemotingCommand::decode_frame(Bytes::from(frame(0, header, b""))).unwrap();
+    let fields: Vec<_> = cmd.ext_fields.as_ref().unwrap().iter().collect();
+    assert_eq!(fields, [("a", "3"), ("b", "5"), ("c", "4")]);
+    // Binary: the same rule.
+    let mut ext = Vec::new();
+    for (k, v) in [("x", "1"), ("y", "2"), ("x", "3")] {
+        ext.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        ext.extend_from_slice(k.as_bytes());
+        ext.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        ext.extend_from_slice(v.as_bytes());
+    }
+    let mut header = vec![0, 1, 13, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0];
+    header.extend_from_slice(&(ext.len() as u32).to_be_bytes());
+    header.extend_from_slice(&ext);
+    let cmd = RemotingCommand::decode_frame(Bytes::from(frame(1, &header, b""))).unwrap();
+    let fields: Vec<_> = cmd.ext_fields.as_ref().unwrap().iter().collect();
+    assert_eq!(fields, [("x", "3"), ("y", "2")]);
+}
+
+#[test]
+fn a_header_with_a_hundred_thousand_fields_decodes_with_its_repeats_resolved() {
+    let n = 100_000;
+    let mut header = String::from(r#"{"code":1,"extFields":{"#);
+    for i in 0..n {
+        header.push_str(&format!(r#""k{i}":"{i}","#));
+    }
+    header.push_str(r#""k7":"again"}}"#);
+    let cmd = RemotingCommand::decode_frame(Bytes::from(frame(0, header.as_bytes(), b""))).unwrap();
+    let f = cmd.ext_fields.as_ref().unwrap();
+    assert_eq!(f.len(), n);
+    assert_eq!(f.get("k7"), Some("again"));
+    assert_eq!(f.get("k99999"), Some("99999"));
+    assert_eq!(f.iter().nth(7), Some(("k7", "again")));
+}

@@ -90,14 +90,16 @@ pub(crate) fn decode(header: &[u8]) -> Result<RemotingCommand, DecodeError> {
         let mut fr = Reader {
             buf: r.take(ext_len, "extFields")?,
         };
-        let mut fields = ExtFields::new();
+        // Keys and values take at most the section's bytes; each pair at least 6 of them.
+        let mut fields = ExtFields::with_capacity(ext_len, (ext_len / 6).min(32));
         while !fr.buf.is_empty() {
             let klen = fr.u16("extFields key length")? as usize;
             let key = fr.str(klen, "extFields key")?;
             let vlen = fr.u32("extFields value length")? as usize;
             let value = fr.str(vlen, "extFields value")?;
-            fields.insert(key, value);
+            fields.push(key, value);
         }
+        fields.dedupe();
         Some(fields)
     };
     if !r.buf.is_empty() {

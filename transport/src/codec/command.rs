@@ -183,26 +183,55 @@ impl ExtFields {
     }
 
     /// Decoder support: the key starts at `start` and is `key_len` bytes; the value is
-    /// everything after it. A repeated key takes the new value.
+    /// everything after it. Repeated keys are resolved by [`Self::dedupe`] once all are in.
     pub(crate) fn commit(&mut self, start: usize, key_len: usize) {
-        let (ks, ke, ve) = (
+        self.spans.push((
             start as u32,
             (start + key_len) as u32,
+            (start + key_len) as u32,
             self.buf.len() as u32,
-        );
+        ));
+    }
+
+    /// Decoder support: appends `key` and `value` (see [`Self::dedupe`]).
+    pub(crate) fn push(&mut self, key: &str, value: &str) {
+        let start = self.buf.len();
+        self.buf.push_str(key);
+        self.buf.push_str(value);
+        self.commit(start, key.len());
+    }
+
+    /// Decoder support: a repeated key keeps its first position and takes its last value.
+    /// Linear in the number of fields (a hash set beyond a few dozen), so a header with
+    /// very many keys costs no more than its size.
+    pub(crate) fn dedupe(&mut self) {
+        const SMALL: usize = 24;
+        let n = self.spans.len();
         let bytes = self.buf.as_bytes();
-        let key = &bytes[start..start + key_len];
-        match self
-            .spans
-            .iter()
-            .position(|s| &bytes[s.0 as usize..s.1 as usize] == key)
-        {
-            Some(i) => {
-                self.spans[i].2 = ke;
-                self.spans[i].3 = ve;
+        let key = |s: &(u32, u32, u32, u32)| &bytes[s.0 as usize..s.1 as usize];
+        if n <= SMALL {
+            let dup = (1..n).any(|i| (0..i).any(|j| key(&self.spans[j]) == key(&self.spans[i])));
+            if !dup {
+                return;
             }
-            None => self.spans.push((ks, ke, ke, ve)),
         }
+        let mut first: std::collections::HashMap<&[u8], usize> =
+            std::collections::HashMap::with_capacity(n);
+        let mut kept: Vec<(u32, u32, u32, u32)> = Vec::with_capacity(n);
+        for s in &self.spans {
+            match first.get(key(s)) {
+                Some(&i) => {
+                    kept[i].2 = s.2;
+                    kept[i].3 = s.3;
+                }
+                None => {
+                    first.insert(key(s), kept.len());
+                    kept.push(*s);
+                }
+            }
+        }
+        drop(first);
+        self.spans = kept;
     }
 
     /// Decoder support: drops what was appended since `start`.

@@ -119,10 +119,17 @@ pub(crate) fn decode(header: &[u8]) -> Result<RemotingCommand, DecodeError> {
     p.expect(b'{')?;
     if !p.eat(b'}') {
         loop {
-            scratch.clear();
-            p.string_into(&mut scratch)?;
+            // Keys are plain ASCII in practice: borrowed from the header, no copy.
+            let key = match p.plain_string()? {
+                Some(k) => k,
+                None => {
+                    scratch.clear();
+                    p.string_into(&mut scratch)?;
+                    scratch.as_str()
+                }
+            };
             p.expect(b':')?;
-            match scratch.as_str() {
+            match key {
                 "code" => {
                     cmd.code = p.int()?;
                     have_code = true;
@@ -133,10 +140,12 @@ pub(crate) fn decode(header: &[u8]) -> Result<RemotingCommand, DecodeError> {
                 "language" => {
                     if p.null()? {
                         cmd.language = LanguageCode::Java;
+                    } else if let Some(name) = p.plain_string()? {
+                        cmd.language = LanguageCode::from_name(name);
                     } else {
-                        scratch.clear();
-                        p.string_into(&mut scratch)?;
-                        cmd.language = LanguageCode::from_name(&scratch);
+                        let mut name = String::new();
+                        p.string_into(&mut name)?;
+                        cmd.language = LanguageCode::from_name(&name);
                     }
                 }
                 "remark" => {
@@ -177,7 +186,7 @@ struct Parser<'a> {
     i: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn err(&self, what: &str) -> DecodeError {
         DecodeError::InvalidJson(format!("{what} at byte {}", self.i))
     }
@@ -223,6 +232,28 @@ impl Parser<'_> {
     fn null(&mut self) -> Result<bool, DecodeError> {
         self.ws();
         Ok(self.literal(b"null"))
+    }
+
+    /// The next JSON string when it holds no escape, borrowed from the header; `None` (and
+    /// nothing consumed) otherwise, for [`Self::string_into`] to unescape or reject.
+    fn plain_string(&mut self) -> Result<Option<&'a str>, DecodeError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.err("expected a string"));
+        }
+        let start = self.i + 1;
+        for (j, &b) in self.s.iter().enumerate().skip(start) {
+            match b {
+                b'"' => {
+                    self.i = j + 1;
+                    // Both ends sit on ASCII bytes of validated UTF-8: char boundaries.
+                    return Ok(Some(&self.text[start..j]));
+                }
+                b'\\' => return Ok(None),
+                _ if b < 0x20 => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// A JSON string, unescaped and appended to `out`.
@@ -372,8 +403,8 @@ impl Parser<'_> {
                     true
                 }
                 Some(b'-' | b'0'..=b'9') => {
-                    let n = self.number()?.to_owned();
-                    f.buf_mut().push_str(&n);
+                    let n = self.number()?;
+                    f.buf_mut().push_str(n);
                     true
                 }
                 _ => {
@@ -391,6 +422,7 @@ impl Parser<'_> {
                 continue;
             }
             self.expect(b'}')?;
+            f.dedupe();
             return Ok(f);
         }
     }
@@ -401,7 +433,10 @@ impl Parser<'_> {
             return Err(self.err("nesting too deep"));
         }
         match self.peek() {
-            Some(b'"') => self.string_into(&mut String::new()),
+            Some(b'"') => match self.plain_string()? {
+                Some(_) => Ok(()),
+                None => self.string_into(&mut String::new()),
+            },
             Some(b'{') => {
                 self.i += 1;
                 if self.eat(b'}') {
