@@ -363,9 +363,40 @@ pub async fn run(exe: &Path, s: Settings) -> Result<(), String> {
         drop(peer);
         rows.push(row?);
     }
+    let floor =
+        crate::wakefloor::measure(exe, server_cpu.as_deref(), s.iterations, s.rate, s.window);
     let _ = affinity::set(&cpus);
     print_table(&rows);
+    match floor {
+        Ok(f) => print_floor(&rows, &f),
+        Err(e) => println!("# wake-up floor not measured: {e}"),
+    }
     Ok(())
+}
+
+/// What no transport removes here: the floor's RTT and CPU beside each variant's.
+fn print_floor(rows: &[Row], f: &crate::wakefloor::Floor) {
+    println!();
+    println!(
+        "wake-up floor (1-byte blocking Unix-socket ping-pong, no runtime, same pinning): RTT p50 {:.2} µs; at {:.0}/s CPU {:.1} / {:.1} µs and wake-ups {:.2} / {:.2} per round trip (client / server)  [measured]",
+        f.p50_ns as f64 / 1e3,
+        rows.first().map(|r| r.paced.rate).unwrap_or(0.0),
+        f.cpu[0],
+        f.cpu[1],
+        f.wakeups[0],
+        f.wakeups[1],
+    );
+    let floor_cpu = f.cpu[0] + f.cpu[1];
+    for r in rows.iter().filter(|r| r.variant != Variant::SimBusy) {
+        let cpu = r.paced.cpu[0] + r.paced.cpu[1];
+        println!(
+            "  {:<15} RTT p50 {:.2} µs above the floor, CPU per call {:.1} µs above it ({:.0} % of its CPU is the floor's)",
+            r.variant.name(),
+            (r.p50_ns as f64 - f.p50_ns as f64) / 1e3,
+            cpu - floor_cpu,
+            100.0 * floor_cpu / cpu.max(1e-9),
+        );
+    }
 }
 
 fn print_table(rows: &[Row]) {

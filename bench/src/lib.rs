@@ -13,3 +13,4 @@ pub mod report;
 pub mod sim;
 pub mod store;
 pub mod transport;
+pub mod wakefloor;

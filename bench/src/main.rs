@@ -589,6 +589,7 @@ fn main() -> ExitCode {
         Some("headline") => return rdmq_bench::headline::cli::main(&argv[1..]),
         Some("loadgen") => return rdmq_bench::headline::loadgen::main(&argv[1..]),
         Some("echo-peer") => return rdmq_bench::crossproc::peer_main(&argv[1..]),
+        Some("wake-peer") => return rdmq_bench::wakefloor::peer_main(),
         Some("broker") => return rdmq_broker::serve::broker_main(argv[1..].to_vec()),
         Some("proxy") => return rdmq_proxy::proxy_main(argv[1..].to_vec()),
         Some("sim-peer") => {
