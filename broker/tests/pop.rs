@@ -459,6 +459,51 @@ async fn bad_requests_get_clear_errors_and_the_broker_keeps_serving() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn hostile_or_maximal_group_names_get_clear_errors_or_work_and_redelivery_goes_on() {
+    let h = broker().await;
+    h.call(create_topic("t", 1)).await;
+    // `%RETRY%` + group + `+` + `t` is at most 255 characters: a 246-character group works.
+    let longest = "g".repeat(255 - "%RETRY%".len() - 1 - 1);
+    // (group, what the refusal says, whether the name is bad on its own rather than with `t`)
+    let refused: Vec<(String, &str, bool)> = vec![
+        ("../../x".into(), "contains '.'", true),
+        ("a b".into(), "contains ' '", true),
+        (
+            format!("{longest}g"),
+            "retry topic would have 256 characters",
+            false,
+        ),
+        ("g".repeat(300), "1 to 255 characters", true),
+    ];
+    for (group, remark_has, bad_alone) in &refused {
+        let r = h.call(PopArgs::new(group, "t").request()).await;
+        assert_eq!(r.code, code::INVALID_PARAMETER, "{group}: {:?}", r.remark);
+        let remark = r.remark.unwrap_or_default();
+        assert!(
+            remark.contains(remark_has),
+            "`{remark}` lacks `{remark_has}`"
+        );
+        let create = RemotingCommand::request(rc::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP)
+            .with_body(format!(r#"{{"groupName":"{group}"}}"#).into_bytes());
+        let created = h.call(create).await.code == code::SUCCESS;
+        assert_eq!(created, !bad_alone, "{group}: created {created}");
+    }
+    // The longest legal group and another one both get their unacked message again.
+    h.call(send("t", 0, "", b"once")).await;
+    for group in [longest.as_str(), "other"] {
+        let mut args = PopArgs::new(group, "t");
+        args.invisible_ms = 300;
+        assert_eq!(popped(&h.call(args.request()).await).len(), 1, "{group}");
+        let again = pop_until(&h, &args, 1, Duration::from_secs(5)).await;
+        assert_eq!(again.len(), 1, "{group}: not redelivered");
+        assert_eq!(again[0].m.reconsume_times, 1, "{group}");
+        let r = h.call(ack(group, "t", &again[0].handle)).await;
+        assert_eq!(r.code, code::SUCCESS, "{group}: {:?}", r.remark);
+    }
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_groups_stay_in_order_with_concurrent_consumers() {
     let h = broker().await;

@@ -306,6 +306,26 @@ async fn bad_input_gets_documented_codes_and_the_proxy_keeps_serving() {
     assert_eq!(s, Code::IllegalInvisibleTime);
     let (s, _) = receive(&mut c, receive_request("nope", "g", 1, 10_000, 1_000)).await;
     assert_eq!(s, Code::TopicNotFound);
+    // Group names the brokers could not derive retry topics from are refused here already.
+    let too_long = "g".repeat(251);
+    let (s, _) = receive(
+        &mut c,
+        receive_request("t", &too_long[1..], 1, 10_000, 1_000),
+    )
+    .await;
+    assert_eq!(
+        s,
+        Code::IllegalConsumerGroup,
+        "a 250-character group has no retry topic for t"
+    );
+    for group in ["../../x", "a b", too_long.as_str()] {
+        let (s, _) = receive(&mut c, receive_request("t", group, 1, 10_000, 1_000)).await;
+        assert_eq!(s, Code::IllegalConsumerGroup, "{group}");
+        let r = ack(&mut c, "t", group, &[("id", "garbage")]).await;
+        assert_eq!(code(&r.status), Code::IllegalConsumerGroup, "{group}");
+    }
+    let (s, _) = receive(&mut c, receive_request("a/b", "g", 1, 10_000, 1_000)).await;
+    assert_eq!(s, Code::IllegalTopic);
     {
         let mut r = req("test-client", receive_request("t", "g", 1, 10_000, 1_000));
         r.set_timeout(Duration::from_millis(300));

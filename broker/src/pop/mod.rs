@@ -37,21 +37,14 @@ use crate::message::{self, NewMessage, Properties, StoredMessage, prop};
 use crate::store::queue::CqEntry;
 use crate::store::{Store, StoreError, meta, now_ms};
 pub use handle::{MalformedHandle, ReceiptHandle};
+use rdmq_protocol::names;
 use record::{PopRecord, QueueKey, ReviveOutcome};
 use state::{PopState, QueueState, Snapshot};
 
 /// The system topic holding the pop log.
 pub use rdmq_protocol::POP_LOG_TOPIC;
 
-/// The retry topic of `group` for `topic`.
-pub fn retry_topic(group: &str, topic: &str) -> String {
-    format!("%RETRY%{group}+{topic}")
-}
-
-/// The dead-letter topic of `group`.
-pub fn dlq_topic(group: &str) -> String {
-    format!("%DLQ%{group}")
-}
+pub use rdmq_protocol::names::{dlq_topic, retry_topic};
 
 /// Where a new group starts on a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,6 +315,7 @@ impl PopService {
 
     /// Creates or updates a group.
     pub fn put_group(&self, g: GroupConfig) -> Result<(), StoreError> {
+        names::check_group(&g.name).map_err(|e| StoreError::Illegal(e.to_string()))?;
         if g.max_attempts == 0 {
             return Err(StoreError::Illegal(
                 "max attempts must be at least 1".into(),
@@ -356,6 +350,8 @@ impl PopService {
                 req.invisible_ms
             )));
         }
+        names::check_consumption(&req.group, &req.topic)
+            .map_err(|e| PopError::Invalid(e.to_string()))?;
         let group = inner.group_or_create(&req.group)?;
         let ordered;
         let req = if group.fifo && !req.fifo {
@@ -546,11 +542,7 @@ impl Inner {
         if !self.cfg.auto_create_groups {
             return Err(PopError::UnknownGroup(name.to_owned()));
         }
-        if name.is_empty() || name.len() > 255 || name.contains(char::is_whitespace) {
-            return Err(PopError::Invalid(format!(
-                "consumer group name `{name}` is not valid"
-            )));
-        }
+        names::check_group(name).map_err(|e| PopError::Invalid(e.to_string()))?;
         let g = GroupConfig {
             name: name.to_owned(),
             max_attempts: self.cfg.default_max_attempts,

@@ -83,16 +83,26 @@ impl Inner {
                 }
                 (Some(m), _, true) => (
                     ReviveOutcome::DeadLetter,
-                    Some(self.copy_for(m, &key.group, &dlq_topic(&key.group), f.attempt)?),
+                    self.dead_letter(m, &key, f.attempt)?,
                 ),
                 (Some(_), true, false) => (ReviveOutcome::Redeliver, None),
                 (Some(m), false, false) => {
                     let orig = original_topic(m).unwrap_or_else(|| m.topic.clone());
                     let retry = retry_topic(&key.group, &orig);
-                    (
-                        ReviveOutcome::Retry,
-                        Some(self.copy_for(m, &key.group, &retry, f.attempt)?),
-                    )
+                    match self.copy_for(m, &key.group, &retry, f.attempt) {
+                        Ok(copy) => (ReviveOutcome::Retry, Some(copy)),
+                        // This group's retry topic cannot exist (a name an earlier version
+                        // let through): dead-letter the message rather than stop the pass
+                        // for every group.
+                        Err(StoreError::Illegal(why)) => {
+                            tracing::warn!(group = %key.group, topic = %orig, %why, "retry topic refused; dead-lettering instead");
+                            (
+                                ReviveOutcome::DeadLetter,
+                                self.dead_letter(m, &key, f.attempt)?,
+                            )
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             };
             let r = PopRecord::Revive {
@@ -108,6 +118,25 @@ impl Inner {
             self.store.wait_stored(end, WAIT).await?;
         }
         Ok(n)
+    }
+
+    /// The dead-letter copy of `m`, or none when the group's dead-letter topic cannot exist
+    /// (the delivery then ends here, logged; the message stays in its own topic). Only a
+    /// refused name is absorbed: a store failure still fails the pass, to be retried.
+    fn dead_letter(
+        &self,
+        m: &StoredMessage,
+        key: &QueueKey,
+        attempts: u32,
+    ) -> Result<Option<NewMessage>, StoreError> {
+        match self.copy_for(m, &key.group, &dlq_topic(&key.group), attempts) {
+            Ok(copy) => Ok(Some(copy)),
+            Err(StoreError::Illegal(why)) => {
+                tracing::error!(group = %key.group, topic = %key.topic, offset = m.queue_offset, %why, "dead-letter topic refused; delivery ended without a dead-letter copy");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A copy of `m` for `topic` (retry or dead-letter) after `attempts` deliveries.
@@ -146,5 +175,84 @@ impl Inner {
         self.store.wait_stored(end, WAIT).await?;
         meta::save_json(&self.dir, SNAPSHOT, &snap)?;
         Ok(snap.log_offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::HostAddr;
+    use crate::store::StoreConfig;
+    use crate::store::meta::TopicConfig;
+
+    fn request(group: &str) -> PopRequest {
+        PopRequest {
+            group: group.into(),
+            topic: "T".into(),
+            queue: -1,
+            max: 1,
+            invisible_ms: 1,
+            poll: Duration::ZERO,
+            filter: TagFilter::parse("*"),
+            fifo: false,
+        }
+    }
+
+    /// State an earlier version let in: a group whose retry and dead-letter topics cannot
+    /// exist has a message in flight. Its revival must not stop the other group's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_group_whose_retry_topic_cannot_exist_does_not_stop_redelivery_for_others() {
+        let dir = std::env::temp_dir().join(format!("rdmq-revive-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = StoreConfig::new(dir.join("store"));
+        cfg.segment_size = 1 << 20;
+        let store = Store::open(cfg).unwrap();
+        store.put_topic(TopicConfig::new("T", 1)).unwrap();
+        let m = NewMessage {
+            topic: "T".into(),
+            queue_id: 0,
+            flag: 0,
+            sys_flag: 0,
+            born_timestamp: now_ms(),
+            born_host: HostAddr::default(),
+            reconsume_times: 0,
+            properties: String::new(),
+            body: Bytes::from_static(b"hello"),
+        };
+        store.put(&[m]).await.unwrap();
+        let pop = PopService::start(
+            store.clone(),
+            &dir.join("pop"),
+            PopConfig {
+                tick: Duration::from_millis(10),
+                ..PopConfig::default()
+            },
+        )
+        .unwrap();
+        // Straight to the delivery path, past the request checks that now refuse this name.
+        for group in ["../../x", "good"] {
+            let got = pop.inner.try_pop(&request(group), 1).await.unwrap();
+            assert_eq!(got.messages.len(), 1, "{group}");
+        }
+        let retry = retry_topic("good", "T");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.queue(&retry, 0).is_none_or(|q| q.entry(0).is_none()) {
+            assert!(
+                Instant::now() < deadline,
+                "the good group's message was never revived"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The bad group's delivery ended without a copy anywhere; nothing is left in flight.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pop.inner.lock_state().deadlines.is_empty() {
+            assert!(Instant::now() < deadline, "a delivery stayed in flight");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(store.topic(&dlq_topic("../../x")).is_none());
+        assert!(store.topic(&retry_topic("../../x", "T")).is_none());
+        pop.shutdown();
+        store.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

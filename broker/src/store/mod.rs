@@ -719,23 +719,9 @@ pub(crate) fn store_timestamp(record: &[u8]) -> Option<i64> {
 
 pub use rdmq_protocol::now_ms;
 
-/// Topic names: 1–255 characters of `[A-Za-z0-9_%|-]`.
+/// Topic names: 1–255 characters of `[A-Za-z0-9_%|-]` ([`rdmq_protocol::names`]).
 pub fn validate_topic_name(name: &str) -> Result<(), StoreError> {
-    if name.is_empty() || name.len() > 255 {
-        return Err(StoreError::Illegal(format!(
-            "topic name must be 1 to 255 characters, got {}",
-            name.len()
-        )));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '%' | '|')))
-    {
-        return Err(StoreError::Illegal(format!(
-            "topic name `{name}` contains `{c}`; allowed are letters, digits, `_`, `-`, `%` and `|`"
-        )));
-    }
-    Ok(())
+    rdmq_protocol::names::check_topic(name).map_err(|e| StoreError::Illegal(e.to_string()))
 }
 
 impl Shared {

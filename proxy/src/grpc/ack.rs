@@ -2,7 +2,9 @@
 //! a receipt handle, routed to the broker that issued it.
 
 use super::metadata::client_id;
-use super::service::{MAX_INVISIBLE, MessagingProxy, overall, require, resource_name, status_of};
+use super::service::{
+    MAX_INVISIBLE, MessagingProxy, check_group, overall, require, resource_name, status_of,
+};
 use crate::convert;
 use crate::error::{ProxyError, ProxyResult};
 use crate::pb::{self, Code};
@@ -16,7 +18,7 @@ impl MessagingProxy {
         let head: ProxyResult<String> = (|| {
             client_id(md)?;
             let group = resource_name(&req.group).to_owned();
-            require(&group, Code::IllegalConsumerGroup, "group")?;
+            check_group(&group)?;
             require(resource_name(&req.topic), Code::IllegalTopic, "topic")?;
             if req.entries.is_empty() {
                 return Err(ProxyError::new(Code::BadRequest, "no entry to ack"));
@@ -57,7 +59,7 @@ impl MessagingProxy {
     ) -> ProxyResult<String> {
         client_id(md)?;
         let group = resource_name(&req.group);
-        require(group, Code::IllegalConsumerGroup, "group")?;
+        check_group(group)?;
         require(resource_name(&req.topic), Code::IllegalTopic, "topic")?;
         let invisible = req
             .invisible_duration
@@ -88,7 +90,7 @@ impl MessagingProxy {
     ) -> ProxyResult<()> {
         client_id(md)?;
         let group = resource_name(&req.group);
-        require(group, Code::IllegalConsumerGroup, "group")?;
+        check_group(group)?;
         require(resource_name(&req.topic), Code::IllegalTopic, "topic")?;
         self.shared
             .cluster

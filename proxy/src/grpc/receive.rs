@@ -7,8 +7,8 @@ use tonic::Status as GrpcStatus;
 
 use super::metadata::{client_id, deadline};
 use super::service::{
-    AUTO_RENEW_INVISIBLE, DEADLINE_MARGIN, MAX_BATCH, MAX_INVISIBLE, MessagingProxy, check_topic,
-    require, resource_name,
+    AUTO_RENEW_INVISIBLE, DEADLINE_MARGIN, MAX_BATCH, MAX_INVISIBLE, MessagingProxy,
+    check_consumption, check_group, check_topic, resource_name,
 };
 use crate::cluster::PopArgs;
 use crate::convert;
@@ -34,13 +34,14 @@ impl MessagingProxy {
         let client = client_id(md)?;
         let _slot = self.admit()?;
         let group = resource_name(&req.group).to_owned();
-        require(&group, Code::IllegalConsumerGroup, "group")?;
+        check_group(&group)?;
         let topic = req
             .message_queue
             .as_ref()
             .map(|q| resource_name(&q.topic).to_owned())
             .unwrap_or_default();
         check_topic(&topic, true)?;
+        check_consumption(&group, &topic)?;
         if req.batch_size <= 0 || req.batch_size > MAX_BATCH {
             return Err(ProxyError::new(
                 Code::BadRequest,

@@ -2,7 +2,7 @@
 //! clients at this proxy.
 
 use super::metadata::client_id;
-use super::service::{MessagingProxy, check_topic, require, resource_name};
+use super::service::{MessagingProxy, check_group, check_topic, resource_name};
 use crate::error::{ProxyError, ProxyResult};
 use crate::pb::{self, Code, Permission};
 
@@ -39,11 +39,7 @@ impl MessagingProxy {
         client_id(md)?;
         let topic = resource_name(&req.topic);
         check_topic(topic, true)?;
-        require(
-            resource_name(&req.group),
-            Code::IllegalConsumerGroup,
-            "group",
-        )?;
+        check_group(resource_name(&req.group))?;
         let route = self.shared.cluster.route(topic).await?;
         let eps = self.own_endpoints(req.endpoints.as_ref());
         // Pop is per broker: one assignment per broker, any queue (-1).

@@ -79,6 +79,8 @@ pub(super) fn resource_name(r: &Option<pb::Resource>) -> &str {
 /// timer wheel) and retry topics. Dead-letter topics may be read, not written.
 pub(super) fn check_topic(name: &str, reading: bool) -> ProxyResult<()> {
     require(name, Code::IllegalTopic, "topic")?;
+    rdmq_protocol::names::check_topic(name)
+        .map_err(|e| ProxyError::new(Code::IllegalTopic, e.to_string()))?;
     let system = name.starts_with("rmq_sys_")
         || name.starts_with("%RETRY%")
         || (!reading && name.starts_with("%DLQ%"));
@@ -89,6 +91,20 @@ pub(super) fn check_topic(name: &str, reading: bool) -> ProxyResult<()> {
         ));
     }
     Ok(())
+}
+
+/// A consumer group name as the brokers accept it (so every derived retry and dead-letter
+/// topic is valid too).
+pub(super) fn check_group(name: &str) -> ProxyResult<()> {
+    require(name, Code::IllegalConsumerGroup, "group")?;
+    rdmq_protocol::names::check_group(name)
+        .map_err(|e| ProxyError::new(Code::IllegalConsumerGroup, e.to_string()))
+}
+
+/// A group consuming a topic: the retry topic the pair gives must be a valid name.
+pub(super) fn check_consumption(group: &str, topic: &str) -> ProxyResult<()> {
+    rdmq_protocol::names::check_consumption(group, topic)
+        .map_err(|e| ProxyError::new(Code::IllegalConsumerGroup, e.to_string()))
 }
 
 pub(super) fn require(name: &str, code: Code, what: &str) -> ProxyResult<()> {

@@ -4,10 +4,13 @@
 //! - [`message`]: the stored-message record (the commit log's and PULL/POP bodies' layout),
 //!   properties, tag hashes, offset message ids, batch bodies.
 //! - [`handle`]: Pop receipt handles.
+//! - [`names`]: the rules for topic and group names and the retry and dead-letter topics
+//!   derived from them.
 //! - [`now_ms`], [`parse_size`], [`POP_LOG_TOPIC`]: time, sizes and system names.
 
 pub mod handle;
 pub mod message;
+pub mod names;
 
 pub use handle::{MalformedHandle, ReceiptHandle};
 
