@@ -50,6 +50,9 @@ pub const RESERVED_KEYS: &[&str] = &[
     "TIMER_DEL_UNIQKEY",
 ];
 
+/// Most user properties one message may carry.
+pub const MAX_USER_PROPERTIES: usize = 128;
+
 /// Limits applied to produced messages.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -199,6 +202,24 @@ pub fn outgoing(m: &pb::Message, topic: &str, limits: &Limits, now: i64) -> Prox
             "transactional messages are not supported yet",
         ));
     }
+    // Checked before any per-property work, so a request with a huge map costs only its
+    // decoding (RocketMQ's proxy has the same two limits: 128 properties, 16 KiB).
+    let user_bytes: usize = m
+        .user_properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum();
+    if m.user_properties.len() > MAX_USER_PROPERTIES || user_bytes > limits.max_properties {
+        return Err(bad(
+            Code::MessagePropertiesTooLarge,
+            format!(
+                "{} user properties of {user_bytes} bytes; the limits are {MAX_USER_PROPERTIES} \
+                 properties and {} bytes",
+                m.user_properties.len(),
+                limits.max_properties
+            ),
+        ));
+    }
     let mut user: Vec<(&String, &String)> = m.user_properties.iter().collect();
     user.sort();
     for (k, v) in user {
@@ -214,7 +235,8 @@ pub fn outgoing(m: &pb::Message, topic: &str, limits: &Limits, now: i64) -> Prox
                 format!("user property `{k}` is a reserved system property"),
             ));
         }
-        p.set(k, v.clone());
+        // Keys of a map are distinct and none is a system key (refused above): no search.
+        p.0.push((k.clone(), v.clone()));
     }
     let properties = p.encode();
     if properties.len() > limits.max_properties {

@@ -244,7 +244,7 @@ async fn bad_input_gets_documented_codes_and_the_proxy_keeps_serving() {
         .into_inner();
     assert_eq!(code(&r.status), Code::ClientIdRequired);
 
-    let cases: Vec<(pb::Message, Code)> = vec![
+    let mut cases: Vec<(pb::Message, Code)> = vec![
         (message("nope", "a", "T", body(0, 5)), Code::TopicNotFound),
         (
             message("t", "a", "T", bytes::Bytes::new()),
@@ -279,6 +279,16 @@ async fn bad_input_gets_documented_codes_and_the_proxy_keeps_serving() {
             Code::IllegalDeliveryTime,
         ),
     ];
+    let with_properties = |n: usize| {
+        let mut m = message("t", "a", "T", body(0, 5));
+        m.user_properties = (0..n).map(|i| (format!("k{i}"), "v".into())).collect();
+        m
+    };
+    cases.push((
+        with_properties(rdmq_proxy::convert::MAX_USER_PROPERTIES + 1),
+        Code::MessagePropertiesTooLarge,
+    ));
+    cases.push((with_properties(100_000), Code::MessagePropertiesTooLarge));
     for (m, expected) in cases {
         let r = send(&mut c, vec![m]).await;
         assert_eq!(code(&r.status), expected, "{:?}", r.status);
@@ -415,9 +425,15 @@ async fn bad_input_gets_documented_codes_and_the_proxy_keeps_serving() {
     let err = t.message().await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
-    // Still serving.
+    // Still serving, and the most properties allowed go through.
     let r = send(&mut c, vec![message("t", "ok-1", "T", body(0, 5))]).await;
     assert_eq!(code(&r.status), Code::Ok);
+    let r = send(
+        &mut c,
+        vec![with_properties(rdmq_proxy::convert::MAX_USER_PROPERTIES)],
+    )
+    .await;
+    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
     proxy.shutdown().await.unwrap();
 }
 
