@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdmq_broker::message::{self, HostAddr, NewMessage};
@@ -518,6 +518,42 @@ fn a_roll_leaving_less_than_a_header_of_slack_is_not_mistaken_for_a_tear() {
             "slack {slack}: messages lost in recovery"
         );
         assert_eq!(read_all(&store, "T", 0).len(), 3);
+        store.shutdown();
+    }
+}
+
+#[test]
+fn a_store_deleted_under_the_broker_stops_acknowledging_within_a_second() {
+    let r = rt();
+    for flush in [
+        FlushMode::Sync,
+        FlushMode::Async {
+            interval: Duration::from_millis(500),
+        },
+    ] {
+        let dir = tmp();
+        let store = Store::open(cfg(dir.path(), flush)).unwrap();
+        store.put_topic(TopicConfig::new("T", 1)).unwrap();
+        r.block_on(store.put(&[msg("T", 0, 0, 10)])).unwrap();
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let deleted = Instant::now();
+        let mut i = 1;
+        loop {
+            match r.block_on(store.put(&[msg("T", 0, i, 10)])) {
+                Ok(_) => assert!(
+                    deleted.elapsed() < Duration::from_secs(1),
+                    "{flush:?}: still acknowledging {:?} after the deletion",
+                    deleted.elapsed()
+                ),
+                Err(StoreError::Busy(why)) => {
+                    assert!(why.contains("commit log"), "{why}");
+                    break;
+                }
+                Err(other) => panic!("{flush:?}: {other:?}"),
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
         store.shutdown();
     }
 }

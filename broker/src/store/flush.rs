@@ -200,6 +200,9 @@ pub(super) fn is_fatal(sh: &Shared) -> bool {
     sh.state.lock().or_abort("store state").fatal
 }
 
+/// How often the syncer checks that the store's files are still there.
+const PRESENCE_CHECK: Duration = Duration::from_millis(250);
+
 /// The syncer: fsync of written data every flush interval in ASYNC mode, checkpoints and
 /// retention every checkpoint interval; a last sync and checkpoint once the flusher is done.
 pub(super) fn sync_loop(sh: Arc<Shared>) {
@@ -208,8 +211,16 @@ pub(super) fn sync_loop(sh: Arc<Shared>) {
     let tick = match sh.cfg.flush {
         FlushMode::Async { interval } => interval.min(sh.cfg.checkpoint_interval),
         FlushMode::Sync => sh.cfg.checkpoint_interval,
-    };
+    }
+    .min(PRESENCE_CHECK);
     loop {
+        // A store deleted under the broker would acknowledge sends into unlinked files, lost
+        // at the next restart: stop acknowledging instead.
+        if !is_fatal(&sh)
+            && let Some(why) = sh.segments.vanished()
+        {
+            fatal(&sh, why);
+        }
         {
             let st = sh.state.lock().or_abort("store state");
             if !sh.flusher_done.load(std::sync::atomic::Ordering::SeqCst) {

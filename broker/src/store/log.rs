@@ -79,6 +79,28 @@ impl Segments {
         })
     }
 
+    /// Why the log can no longer be trusted to keep what is written to it: its directory is
+    /// gone, or the newest segment was unlinked (written bytes would vanish at close).
+    pub fn vanished(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        if let Err(e) = std::fs::metadata(&self.dir) {
+            return Some(format!("commit log directory {}: {e}", self.dir.display()));
+        }
+        let (base, file) = {
+            let files = self.files();
+            let (b, f) = files.iter().next_back()?;
+            (*b, f.clone())
+        };
+        match file.metadata() {
+            Ok(m) if m.nlink() == 0 => Some(format!(
+                "commit log segment {} was deleted",
+                self.dir.join(segment_name(base)).display()
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!("commit log segment {base}: {e}")),
+        }
+    }
+
     fn files(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<File>>> {
         self.files.read().or_abort("the commit log segments")
     }
