@@ -126,6 +126,13 @@ pub struct BrokerConfig {
     pub max_delivery_attempts: u32,
     /// Latest accepted delivery time of a timed message, in hours from now.
     pub timer_max_delay_hours: u64,
+    /// Open remoting connections per listener beyond which new ones are closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address beyond which its new ones are closed.
+    pub max_connections_per_client: usize,
+    /// Connections with no request and nothing in progress for this long are closed
+    /// (seconds; 0 = never).
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for BrokerConfig {
@@ -153,6 +160,9 @@ impl Default for BrokerConfig {
             max_delivery_attempts: 16,
             timer_max_delay_hours: 40 * 24,
             metrics_listen: None,
+            max_connections: 10_000,
+            max_connections_per_client: 1_000,
+            idle_timeout_secs: 120,
         }
     }
 }
@@ -228,6 +238,16 @@ struct Flags {
     /// Deliveries before a message is dead-lettered
     #[arg(long, value_name = "N", env = "RDMQ_BROKER_MAX_DELIVERY_ATTEMPTS")]
     max_delivery_attempts: Option<String>,
+    /// Open connections per listener beyond which new ones are closed (default 10000)
+    #[arg(long, value_name = "N", env = "RDMQ_BROKER_MAX_CONNECTIONS")]
+    max_connections: Option<String>,
+    /// Open connections from one client address beyond which its new ones are closed
+    /// (default 1000)
+    #[arg(long, value_name = "N", env = "RDMQ_BROKER_MAX_CONNECTIONS_PER_CLIENT")]
+    max_connections_per_client: Option<String>,
+    /// Close connections idle this long, nothing in progress (default 120; 0 = never)
+    #[arg(long, value_name = "SECS", env = "RDMQ_BROKER_IDLE_TIMEOUT_SECS")]
+    idle_timeout_secs: Option<String>,
 }
 
 impl Flags {
@@ -253,6 +273,12 @@ impl Flags {
         one("--pop-initial-offset", self.pop_initial_offset);
         one("--auto-create-groups", self.auto_create_groups);
         one("--max-delivery-attempts", self.max_delivery_attempts);
+        one("--max-connections", self.max_connections);
+        one(
+            "--max-connections-per-client",
+            self.max_connections_per_client,
+        );
+        one("--idle-timeout-secs", self.idle_timeout_secs);
         out.extend(self.listen.into_iter().map(|v| ("--listen", v)));
         out.extend(self.topic.into_iter().map(|v| ("--topic", v)));
         out
@@ -350,6 +376,16 @@ impl BrokerConfig {
                 }
                 "--max-delivery-attempts" => {
                     cfg.max_delivery_attempts = value.parse().map_err(|_| bad("not a number"))?
+                }
+                "--max-connections" => {
+                    cfg.max_connections = value.parse().map_err(|_| bad("not a number"))?
+                }
+                "--max-connections-per-client" => {
+                    cfg.max_connections_per_client =
+                        value.parse().map_err(|_| bad("not a number"))?
+                }
+                "--idle-timeout-secs" => {
+                    cfg.idle_timeout_secs = value.parse().map_err(|_| bad("not a number"))?
                 }
                 "--topic" => {
                     let (name, queues) = match value.split_once(':') {

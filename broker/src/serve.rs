@@ -147,6 +147,10 @@ impl RunningBroker {
         );
         let config = ServerConfig {
             metrics: Some(metrics),
+            max_connections: cfg.max_connections,
+            max_connections_per_client: cfg.max_connections_per_client,
+            idle_timeout: (cfg.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(cfg.idle_timeout_secs)),
             ..ServerConfig::default()
         };
         let server = Server::new(transport, router(broker.clone()), config);

@@ -64,6 +64,14 @@ pub enum TransportError {
     /// No response within the call's timeout.
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    /// The peer left a frame incomplete for longer than the frame timeout.
+    #[error("the peer left a frame incomplete ({bytes} bytes) for {after:?}")]
+    Stalled {
+        /// Bytes of the frame received.
+        bytes: usize,
+        /// The frame timeout.
+        after: Duration,
+    },
 }
 
 impl From<std::io::Error> for TransportError {

@@ -285,3 +285,109 @@ async fn client_reconnects_with_backoff() {
         }
     }
 }
+
+/// How long a raw socket stays open before the server closes it (bounded by `within`).
+async fn open_for(s: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut sink = [0u8; 64];
+    loop {
+        let left = within.saturating_sub(t0.elapsed());
+        match tokio::time::timeout(left, s.read(&mut sink)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_caps_idle_and_partial_frame_timeouts_spare_good_clients() {
+    use rdmq_transport::remoting::{Server, ServerConfig};
+    let transport = TcpTransport::new(TcpConfig {
+        frame_timeout: Some(Duration::from_millis(300)),
+        ..TcpConfig::default()
+    });
+    let server = Server::new(
+        transport,
+        conformance::router(),
+        ServerConfig {
+            max_connections: 4,
+            max_connections_per_client: 3,
+            idle_timeout: Some(Duration::from_millis(600)),
+            ..ServerConfig::default()
+        },
+    )
+    .bind(&Endpoint::tcp("127.0.0.1", 0))
+    .await
+    .unwrap();
+    let ep = server.local_endpoint().clone();
+    let echo = |c: Connection<_>| async move {
+        c.call(
+            RemotingCommand::request(conformance::ECHO).with_body(&b"alive"[..]),
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r| r.body)
+    };
+    // A good client keeps calling throughout (more often than the idle timeout).
+    let good = conformance::connect(&Tcp, &TcpTransport::default(), &ep).await;
+    let keep = good.clone();
+    let busy = tokio::spawn(async move {
+        for _ in 0..30 {
+            assert_eq!(&echo(keep.clone()).await.unwrap()[..], b"alive");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    // Per-client cap: this address has 1 connection; two more are admitted, the next closed.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            tokio::net::TcpStream::connect(ep.authority())
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut over = tokio::net::TcpStream::connect(ep.authority())
+        .await
+        .unwrap();
+    let closed = open_for(&mut over, Duration::from_millis(500)).await;
+    assert!(
+        closed.is_some(),
+        "a connection over the per-client cap stayed open"
+    );
+    assert_eq!(server.connections(), 3);
+
+    // Slowloris: a frame trickled a byte at a time is cut at the frame timeout.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut slow = tokio::net::TcpStream::connect(ep.authority())
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let trickle = async {
+        for b in [0u8, 0, 0, 64, 0, 0, 0, 10] {
+            if slow.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    trickle.await;
+    let closed = open_for(&mut slow, Duration::from_secs(2)).await;
+    assert!(closed.is_some(), "a trickled frame kept its connection");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+
+    // Idle: a connection that never sends anything is closed after the idle timeout.
+    let mut idle = held.pop().unwrap();
+    let closed = open_for(&mut idle, Duration::from_secs(3)).await;
+    assert!(closed.is_some(), "an idle connection stayed open");
+
+    busy.await.unwrap();
+    // The good client survived all of it, and new clients are admitted again.
+    assert_eq!(&echo(good.clone()).await.unwrap()[..], b"alive");
+    let fresh = conformance::connect(&Tcp, &TcpTransport::default(), &ep).await;
+    assert_eq!(&echo(fresh).await.unwrap()[..], b"alive");
+    server.shutdown(Duration::from_secs(1)).await;
+}

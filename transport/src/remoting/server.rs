@@ -116,6 +116,13 @@ pub struct ServerConfig {
     pub max_inflight_per_connection: usize,
     /// Where service times per request code are recorded, if anywhere.
     pub metrics: Option<Arc<CallMetrics>>,
+    /// Open connections beyond which new ones are closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address (IP) beyond which its new ones are closed.
+    pub max_connections_per_client: usize,
+    /// A connection with no request for this long and nothing in progress is closed
+    /// (RocketMQ clients send a heartbeat every 30 s). `None` keeps idle connections.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -124,7 +131,18 @@ impl Default for ServerConfig {
             connection: ConnectionConfig::default(),
             max_inflight_per_connection: 4096,
             metrics: None,
+            max_connections: 10_000,
+            max_connections_per_client: 1_000,
+            idle_timeout: Some(Duration::from_secs(120)),
         }
+    }
+}
+
+/// The client address of a peer `ip:port` (the whole string when it has no port).
+fn client_of(peer: &str) -> &str {
+    match peer.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => peer,
     }
 }
 
@@ -142,11 +160,39 @@ struct Registry<Tx: LinkTx> {
     next_id: AtomicU64,
     count: Arc<AtomicUsize>,
     live: Mutex<HashMap<u64, Connection<Tx>>>,
+    /// Open connections per client address.
+    per_client: Mutex<HashMap<String, usize>>,
 }
 
 impl<Tx: LinkTx> Registry<Tx> {
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Connection<Tx>>> {
         self.live.lock().plain()
+    }
+
+    /// Counts a new connection from `client` unless a cap is reached (then says which).
+    fn admit(&self, client: &str, cfg: &ServerConfig) -> Result<(), &'static str> {
+        let mut per = self.per_client.lock().plain();
+        if self.count.load(Ordering::Relaxed) >= cfg.max_connections {
+            return Err("the server's connection limit");
+        }
+        let n = per.entry(client.to_owned()).or_insert(0);
+        if *n >= cfg.max_connections_per_client {
+            return Err("the per-client connection limit");
+        }
+        *n += 1;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn release(&self, client: &str) {
+        let mut per = self.per_client.lock().plain();
+        if let Some(n) = per.get_mut(client) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(client);
+            }
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -207,6 +253,7 @@ impl<T: Transport> Server<T> {
             next_id: AtomicU64::new(0),
             count: live.clone(),
             live: Mutex::new(HashMap::new()),
+            per_client: Mutex::new(HashMap::new()),
         });
         let (stop, stop_rx) = watch::channel(None);
         let task = tokio::spawn(accept_loop(
@@ -234,11 +281,23 @@ async fn accept_loop<L: Listener>(
 ) {
     let draining = Arc::new(AtomicBool::new(false));
     let mut connections = JoinSet::new();
+    let mut refused = 0u64;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok(link) => {
+                    let client = client_of(&link.info().peer).to_owned();
+                    if let Err(limit) = registry.admit(&client, &config) {
+                        // Closed at once (dropping the link); logged sparingly, as a flood
+                        // of refusals is what the limit is for.
+                        refused += 1;
+                        if refused.is_power_of_two() {
+                            tracing::warn!(%client, limit, refused, "connection refused");
+                        }
+                        drop(link);
+                        continue;
+                    }
                     connections.spawn(serve_connection(
                         link,
                         router.clone(),
@@ -295,10 +354,28 @@ async fn serve_connection<K: Link>(
     let peer: Arc<str> = info.peer.as_str().into();
     let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
     registry.live().insert(id, conn.clone());
-    registry.count.fetch_add(1, Ordering::Relaxed);
     let permits = Arc::new(Semaphore::new(config.max_inflight_per_connection.max(1)));
     let mut handlers = JoinSet::new();
-    while let Some(IncomingRequest { command, responder }) = incoming.next().await {
+    let idle_for = config.idle_timeout;
+    let mut idle_at = idle_for.map(|d| tokio::time::Instant::now() + d);
+    loop {
+        let next = tokio::select! {
+            next = incoming.next() => next,
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => {
+                idle_at = idle_for.map(|d| tokio::time::Instant::now() + d);
+                continue;
+            }
+            _ = async { tokio::time::sleep_until(idle_at.expect("set")).await },
+                if idle_at.is_some() && handlers.is_empty() =>
+            {
+                tracing::info!(peer = %info.peer, idle = ?idle_for, "closing an idle connection");
+                break;
+            }
+        };
+        let Some(IncomingRequest { command, responder }) = next else {
+            break;
+        };
+        idle_at = idle_for.map(|d| tokio::time::Instant::now() + d);
         let arrived = std::time::Instant::now();
         let code = command.code;
         if draining.load(Ordering::Relaxed) {
@@ -352,6 +429,6 @@ async fn serve_connection<K: Link>(
     while handlers.join_next().await.is_some() {}
     conn.close(Duration::from_secs(5)).await;
     registry.live().remove(&id);
-    registry.count.fetch_sub(1, Ordering::Relaxed);
+    registry.release(client_of(&info.peer));
     tracing::debug!(peer = %info.peer, "connection ended");
 }

@@ -34,6 +34,9 @@ pub struct TcpConfig {
     pub max_iovecs: usize,
     /// Dial timeout.
     pub connect_timeout: Duration,
+    /// A frame begun must be complete within this (a peer trickling bytes — slowloris —
+    /// or stalling mid-frame loses the connection). `None`: no limit.
+    pub frame_timeout: Option<Duration>,
 }
 
 impl Default for TcpConfig {
@@ -45,6 +48,7 @@ impl Default for TcpConfig {
             zero_copy_min: 16 * 1024,
             max_iovecs: 64,
             connect_timeout: Duration::from_secs(3),
+            frame_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
