@@ -28,6 +28,8 @@ pub enum NameError {
     Character {
         /// What was named.
         what: &'static str,
+        /// The name (its first 64 characters).
+        name: String,
         /// The offending character.
         found: char,
     },
@@ -47,9 +49,10 @@ impl fmt::Display for NameError {
                     "{what} name must be 1 to {MAX_NAME_LEN} characters, got {len}"
                 )
             }
-            NameError::Character { what, found } => write!(
+            NameError::Character { what, name, found } => write!(
                 f,
-                "{what} name contains {found:?}; allowed are letters, digits, `_`, `-`, `%` and `|`"
+                "{what} name `{name}` contains {found:?}; allowed are letters, digits, `_`, `-`, \
+                 `%` and `|`"
             ),
             NameError::DerivedTooLong { len } => write!(
                 f,
@@ -73,7 +76,11 @@ fn check(what: &'static str, name: &str) -> Result<(), NameError> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '%' | '|')))
     {
-        Some(found) => Err(NameError::Character { what, found }),
+        Some(found) => Err(NameError::Character {
+            what,
+            name: name.chars().take(64).collect(),
+            found,
+        }),
         None => Ok(()),
     }
 }
@@ -150,6 +157,7 @@ mod tests {
             check_group("../x"),
             Err(NameError::Character {
                 what: "consumer group",
+                name: "../x".into(),
                 found: '.'
             })
         );
