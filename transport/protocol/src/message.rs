@@ -418,7 +418,9 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn need(&self, n: usize) -> Result<(), RecordError> {
-        if self.i + n > self.b.len() {
+        // Lengths come off the wire (a negative i32 becomes a huge usize): compare without
+        // adding, so nothing overflows.
+        if n > self.b.len() - self.i {
             Err(RecordError("truncated"))
         } else {
             Ok(())
@@ -528,6 +530,19 @@ pub fn encode_batch(messages: &[(i32, Bytes, String)]) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn negative_or_huge_lengths_in_a_batch_are_errors_not_panics() {
+        use bytes::BufMut;
+        for len in [-1i32, i32::MIN, i32::MAX] {
+            let mut b = bytes::BytesMut::new();
+            for v in [30, 0, 0, 0, len] {
+                b.put_i32(v);
+            }
+            b.put_slice(b"abc");
+            assert!(super::decode_batch(&b.freeze()).is_err(), "{len}");
+        }
+    }
+
     use super::*;
 
     #[test]
