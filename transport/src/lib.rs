@@ -17,6 +17,7 @@ pub mod connection;
 pub mod counters;
 pub mod endpoint;
 pub mod error;
+pub mod heap;
 pub mod link;
 pub mod metrics;
 #[cfg(feature = "process")]

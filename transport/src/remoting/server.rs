@@ -20,6 +20,9 @@ use crate::link::{Link, LinkTx, Listener, Transport};
 use crate::protocol::response_code;
 use crate::remoting::CallMetrics;
 
+/// How long after connections close their freed memory is given back.
+const TRIM_DELAY: Duration = Duration::from_secs(1);
+
 /// Clients newer than this (RocketMQ V5_3_1) understand `GO_AWAY` during a graceful drain.
 const GO_AWAY_MIN_VERSION: i32 = 476;
 
@@ -162,6 +165,8 @@ struct Registry<Tx: LinkTx> {
     live: Mutex<HashMap<u64, Connection<Tx>>>,
     /// Open connections per client address.
     per_client: Mutex<HashMap<String, usize>>,
+    /// A heap trim is due shortly (after connections closed).
+    trim_scheduled: AtomicBool,
 }
 
 impl<Tx: LinkTx> Registry<Tx> {
@@ -182,6 +187,20 @@ impl<Tx: LinkTx> Registry<Tx> {
         *n += 1;
         self.count.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// After connections close, gives the memory they freed back to the system once things
+    /// have been quiet for a second (one trim per burst of closes).
+    fn schedule_trim(self: &Arc<Self>) {
+        if self.trim_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(TRIM_DELAY).await;
+            this.trim_scheduled.store(false, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(crate::heap::release_free_memory).await;
+        });
     }
 
     fn release(&self, client: &str) {
@@ -254,6 +273,7 @@ impl<T: Transport> Server<T> {
             count: live.clone(),
             live: Mutex::new(HashMap::new()),
             per_client: Mutex::new(HashMap::new()),
+            trim_scheduled: AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(None);
         let task = tokio::spawn(accept_loop(
@@ -430,5 +450,6 @@ async fn serve_connection<K: Link>(
     conn.close(Duration::from_secs(5)).await;
     registry.live().remove(&id);
     registry.release(client_of(&info.peer));
+    registry.schedule_trim();
     tracing::debug!(peer = %info.peer, "connection ended");
 }
