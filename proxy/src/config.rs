@@ -31,6 +31,10 @@ pub struct ProxyConfig {
     /// Sends and receives in progress at once (long polls included); more get
     /// TOO_MANY_REQUESTS.
     pub max_in_flight: usize,
+    /// Open gRPC connections beyond which new ones are closed at once.
+    pub max_connections: usize,
+    /// Open gRPC connections from one client address beyond which its new ones are closed.
+    pub max_connections_per_client: usize,
     /// Run a broker in this process and forward to it over its first listener (feature
     /// `embedded`).
     #[cfg(feature = "embedded")]
@@ -54,6 +58,8 @@ impl Default for ProxyConfig {
             // Below the long-poll connections' request permits (2 × 4,096), so polls never
             // wait for a permit on the broker connection.
             max_in_flight: 8_000,
+            max_connections: 10_000,
+            max_connections_per_client: 1_000,
             #[cfg(feature = "embedded")]
             embedded_broker: None,
             metrics_listen: None,
@@ -100,6 +106,13 @@ struct Flags {
     /// Sends and receives at once (default 8000; then TOO_MANY_REQUESTS)
     #[arg(long, value_name = "N", env = "RDMQ_PROXY_MAX_IN_FLIGHT")]
     max_in_flight: Option<String>,
+    /// Open gRPC connections beyond which new ones are closed (default 10000)
+    #[arg(long, value_name = "N", env = "RDMQ_PROXY_MAX_CONNECTIONS")]
+    max_connections: Option<String>,
+    /// Open gRPC connections from one client address beyond which its new ones are closed
+    /// (default 1000)
+    #[arg(long, value_name = "N", env = "RDMQ_PROXY_MAX_CONNECTIONS_PER_CLIENT")]
+    max_connections_per_client: Option<String>,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (default off)
     #[arg(long, value_name = "HOST:PORT", env = "RDMQ_PROXY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -227,6 +240,8 @@ impl ProxyConfig {
             ("--max-body-size", f.max_body_size),
             ("--call-timeout-ms", f.call_timeout_ms),
             ("--max-in-flight", f.max_in_flight),
+            ("--max-connections", f.max_connections),
+            ("--max-connections-per-client", f.max_connections_per_client),
             ("--connections", f.connections),
             ("--broker-listen", f.broker_listen),
             ("--store-dir", f.store_dir),
@@ -255,6 +270,20 @@ impl ProxyConfig {
                 }
                 "--max-in-flight" => {
                     cfg.max_in_flight = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad("not a positive number"))?
+                }
+                "--max-connections" => {
+                    cfg.max_connections = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad("not a positive number"))?
+                }
+                "--max-connections-per-client" => {
+                    cfg.max_connections_per_client = value
                         .parse()
                         .ok()
                         .filter(|n| *n > 0)

@@ -8,6 +8,7 @@
 //! - [`cluster`]: broker connections, routes, and the remoting operations.
 //! - [`RunningProxy`]: start and stop a proxy, optionally with an embedded broker.
 
+pub mod admit;
 pub mod cluster;
 pub mod config;
 pub mod convert;
@@ -186,6 +187,10 @@ impl RunningProxy {
         let incoming = tonic::transport::server::TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
+        let incoming = admit::admitted(
+            incoming,
+            admit::Admission::new(cfg.max_connections, cfg.max_connections_per_client),
+        );
         let mut until = stop_rx;
         let server = tokio::spawn(
             tonic::transport::Server::builder()

@@ -969,3 +969,44 @@ async fn the_metrics_endpoint_reports_hop_rt_links_and_nic_work() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_client_cap_are_closed_and_admitted_clients_keep_working() {
+    use tokio::io::AsyncReadExt;
+    let dir = TempDir::new("caps");
+    let mut a = args(&dir, "tcp://127.0.0.1:0", &["t:2"]);
+    a.extend(["--max-connections-per-client".into(), "3".into()]);
+    let proxy = start(&a).await;
+    let mut good = client(&proxy).await;
+    let r = send(&mut good, vec![message("t", "c-1", "T", body(0, 5))]).await;
+    assert_eq!(code(&r.status), Code::Ok);
+    // Two more from this address fill the cap of three; the next is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            tokio::net::TcpStream::connect(proxy.grpc_addr())
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = tokio::net::TcpStream::connect(proxy.grpc_addr())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(2), over.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a connection over the cap stayed open: {read:?}"
+    );
+    // The admitted client is unaffected; once a slot frees, a new client gets in.
+    let r = send(&mut good, vec![message("t", "c-2", "T", body(0, 5))]).await;
+    assert_eq!(code(&r.status), Code::Ok);
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fresh = client(&proxy).await;
+    let r = send(&mut fresh, vec![message("t", "c-3", "T", body(0, 5))]).await;
+    assert_eq!(code(&r.status), Code::Ok);
+    drop((held, over));
+    proxy.shutdown().await.unwrap();
+}
