@@ -257,6 +257,13 @@ impl ProxyConfig {
         for (flag, value) in pairs {
             let value = &value;
             let bad = |what: &str| ConfigError(format!("{flag} {value}: {what}"));
+            let positive = || {
+                value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("not a positive number"))
+            };
             match flag {
                 "--listen" => cfg.listen = value.clone(),
                 "--advertise" => cfg.advertise = Some(value.clone()),
@@ -268,27 +275,9 @@ impl ProxyConfig {
                 "--call-timeout-ms" => {
                     cfg.call_timeout_ms = value.parse().map_err(|_| bad("not a number"))?
                 }
-                "--max-in-flight" => {
-                    cfg.max_in_flight = value
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| bad("not a positive number"))?
-                }
-                "--max-connections" => {
-                    cfg.max_connections = value
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| bad("not a positive number"))?
-                }
-                "--max-connections-per-client" => {
-                    cfg.max_connections_per_client = value
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| bad("not a positive number"))?
-                }
+                "--max-in-flight" => cfg.max_in_flight = positive()?,
+                "--max-connections" => cfg.max_connections = positive()?,
+                "--max-connections-per-client" => cfg.max_connections_per_client = positive()?,
                 "--connections" => {
                     cfg.connections_per_broker = value.parse().map_err(|_| bad("not a number"))?
                 }
