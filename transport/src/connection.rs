@@ -371,6 +371,11 @@ impl<T: LinkTx> Connection<T> {
         self.shared().fail(TransportError::Closed);
     }
 
+    /// True if `other` is a handle to this same connection.
+    pub fn same(&self, other: &Connection<T>) -> bool {
+        Arc::ptr_eq(&self.handle, &other.handle)
+    }
+
     /// True until the connection starts closing or breaks.
     pub fn is_open(&self) -> bool {
         self.shared().calls().state == State::Open

@@ -391,3 +391,41 @@ async fn connection_caps_idle_and_partial_frame_timeouts_spare_good_clients() {
     assert_eq!(&echo(fresh).await.unwrap()[..], b"alive");
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_idle_past_the_eviction_time_is_replaced_not_reused() {
+    // Servers drop idle connections (rdmq's after 120 s); a client that stops reusing them
+    // well before never sends a call on a connection the server is closing.
+    let server = conformance::serve(&Tcp, conformance::router()).await;
+    let ep = server.local_endpoint().clone();
+    let client = Client::new(
+        TcpTransport::default(),
+        ClientConfig {
+            idle_evict: Some(Duration::from_millis(300)),
+            ..ClientConfig::default()
+        },
+    );
+    let echo = || RemotingCommand::request(conformance::ECHO).with_body(&b"x"[..]);
+    let first = client.connection(&ep).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        first.same(&client.connection(&ep).await.unwrap()),
+        "reused while fresh"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let second = client.connection(&ep).await.unwrap();
+    assert!(!first.same(&second), "reused after 350 ms idle");
+    assert_eq!(
+        &client.invoke(&ep, echo(), None).await.unwrap().body[..],
+        b"x"
+    );
+    // The replaced connection was closed, not leaked.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while first.is_open() {
+        assert!(
+            Instant::now() < deadline,
+            "the evicted connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -32,6 +32,11 @@ pub struct ClientConfig {
     /// Where call round-trip times are recorded, if anywhere; a client with metrics also
     /// reports its links (backend, fallback reason, credit waits) to the global registry.
     pub metrics: Option<Arc<CallMetrics>>,
+    /// A pooled connection unused this long, with no call in flight, is closed and dialled
+    /// afresh instead of reused: servers close idle connections (rdmq and RocketMQ brokers
+    /// after 120 s), and a call sent just as the server closes would be lost. `None` reuses
+    /// connections however long they were idle.
+    pub idle_evict: Option<Duration>,
 }
 
 /// Round-trip times of a client's calls by request code, in the global metrics registry:
@@ -124,6 +129,7 @@ impl Default for ClientConfig {
             backoff_max: Duration::from_secs(5),
             connection: ConnectionConfig::default(),
             metrics: None,
+            idle_evict: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -161,6 +167,8 @@ struct Pool<T: Transport> {
 struct Slot<T: Transport> {
     conn: Mutex<Option<Connection<TxOf<T>>>>,
     dial: tokio::sync::Mutex<Backoff>,
+    /// When the connection was last handed out.
+    last_used: Mutex<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -174,6 +182,25 @@ impl<T: Transport> Slot<T> {
     fn live(&self) -> Option<Connection<TxOf<T>>> {
         let guard = self.conn.lock().plain();
         guard.as_ref().filter(|c| c.is_open()).cloned()
+    }
+
+    /// The live connection for a call now, unless it sat idle past `evict` (then it is closed
+    /// in the background and the caller dials).
+    fn take_for_call(&self, evict: Option<Duration>) -> Option<Connection<TxOf<T>>> {
+        let now = Instant::now();
+        let idle = now - std::mem::replace(&mut *self.last_used.lock().plain(), now);
+        let conn = self.live()?;
+        if evict.is_some_and(|e| idle >= e) && conn.pending_calls() == 0 {
+            let mut guard = self.conn.lock().plain();
+            if guard.as_ref().is_some_and(|c| c.same(&conn)) {
+                *guard = None;
+            }
+            drop(guard);
+            tracing::debug!(idle = ?idle, peer = %conn.info().peer, "idle pooled connection replaced");
+            tokio::spawn(async move { conn.close(Duration::from_secs(1)).await });
+            return None;
+        }
+        Some(conn)
     }
 }
 
@@ -209,6 +236,7 @@ impl<T: Transport> Client<T> {
                         .map(|_| Slot {
                             conn: Mutex::new(None),
                             dial: tokio::sync::Mutex::new(Backoff::default()),
+                            last_used: Mutex::new(Instant::now()),
                         })
                         .collect(),
                     next: AtomicUsize::new(0),
@@ -226,7 +254,7 @@ impl<T: Transport> Client<T> {
         let pool = self.pool(endpoint);
         let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
         let slot = &pool.slots[i];
-        if let Some(c) = slot.live() {
+        if let Some(c) = slot.take_for_call(self.inner.config.idle_evict) {
             return Ok(c);
         }
         let mut backoff = slot.dial.lock().await;
