@@ -429,3 +429,39 @@ async fn a_pooled_connection_idle_past_the_eviction_time_is_replaced_not_reused(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_hundred_thousand_header_fields_is_refused_and_others_are_served() {
+    use rdmq_transport::remoting::MAX_REQUEST_FIELDS;
+    let server = conformance::serve(&Tcp, conformance::router()).await;
+    let ep = server.local_endpoint().clone();
+    let hostile = conformance::connect(&Tcp, &TcpTransport::default(), &ep).await;
+    let other = conformance::connect(&Tcp, &TcpTransport::default(), &ep).await;
+    let with_fields = |n: usize| {
+        let mut c = RemotingCommand::request(conformance::ECHO).with_body(&b"x"[..]);
+        c.ext_fields = Some((0..n).map(|i| (format!("k{i}"), "v")).collect());
+        c
+    };
+    let t0 = Instant::now();
+    let r = hostile
+        .call(with_fields(100_000), Duration::from_secs(10))
+        .await
+        .unwrap();
+    eprintln!("100 000-field request answered in {:?}", t0.elapsed());
+    assert_eq!(r.code, response_code::INVALID_PARAMETER);
+    assert!(r.remark.unwrap_or_default().contains("100000 fields"));
+    // The most allowed is served; the other client and the same connection keep working.
+    let r = hostile
+        .call(with_fields(MAX_REQUEST_FIELDS), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(&r.body[..], b"x");
+    let r = other
+        .call(
+            RemotingCommand::request(conformance::ECHO).with_body(&b"y"[..]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&r.body[..], b"y");
+}

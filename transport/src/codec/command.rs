@@ -286,10 +286,13 @@ impl std::fmt::Debug for ExtFields {
 
 impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for ExtFields {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        // Pushed, then repeats resolved once (first position, last value — what `insert`
+        // would give), so building from many pairs stays linear.
         let mut f = ExtFields::new();
         for (k, v) in iter {
-            f.insert(k, v);
+            f.push(k.as_ref(), v.as_ref());
         }
+        f.dedupe();
         f
     }
 }

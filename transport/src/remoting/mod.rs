@@ -6,4 +6,6 @@ mod client;
 mod server;
 
 pub use client::{CallMetrics, Client, ClientConfig};
-pub use server::{Handler, HandlerFuture, Request, Router, Server, ServerConfig, ServerHandle};
+pub use server::{
+    Handler, HandlerFuture, MAX_REQUEST_FIELDS, Request, Router, Server, ServerConfig, ServerHandle,
+};

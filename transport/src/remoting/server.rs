@@ -20,6 +20,10 @@ use crate::link::{Link, LinkTx, Listener, Transport};
 use crate::protocol::response_code;
 use crate::remoting::CallMetrics;
 
+/// Header fields a request may carry (RocketMQ's requests use a few dozen): more are
+/// refused with `INVALID_PARAMETER` before any handler sees them.
+pub const MAX_REQUEST_FIELDS: usize = 1024;
+
 /// How long after connections close their freed memory is given back.
 const TRIM_DELAY: Duration = Duration::from_secs(1);
 
@@ -407,6 +411,18 @@ async fn serve_connection<K: Link>(
                     Some("server is shutting down".into()),
                 )
             };
+            let _ = responder.respond(refusal).await;
+            continue;
+        }
+        let fields = command.ext_fields.as_ref().map_or(0, |f| f.len());
+        if fields > MAX_REQUEST_FIELDS {
+            // Decoding was linear; refusing here keeps the handlers' per-field work bounded.
+            let refusal = RemotingCommand::response(
+                response_code::INVALID_PARAMETER,
+                Some(format!(
+                    "request header has {fields} fields; at most {MAX_REQUEST_FIELDS}"
+                )),
+            );
             let _ = responder.respond(refusal).await;
             continue;
         }
