@@ -1,16 +1,18 @@
 //! Connection admission on the gRPC port: caps on open connections in all and per client
-//! address. A connection over a cap is closed as soon as it is accepted, before any TLS or
+//! address, and a deadline for the HTTP/2 preface. A connection over a cap is closed as soon as it is accepted, before any TLS or
 //! HTTP/2 work; the ones already open are not touched. The count of a connection ends when
 //! its socket is dropped, however the connection ended; then the heap memory it freed is
 //! given back to the system.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rdmq_transport::sync::Plain;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,6 +25,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 pub struct Admission {
     max: usize,
     per_client: usize,
+    handshake: Duration,
     open: AtomicUsize,
     by_client: Mutex<HashMap<IpAddr, usize>>,
     refused: AtomicU64,
@@ -30,11 +33,13 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// At most `max` connections in all and `per_client` from one address.
-    pub fn new(max: usize, per_client: usize) -> Arc<Self> {
+    /// At most `max` connections in all and `per_client` from one address; a connection
+    /// must deliver the HTTP/2 connection preface within `handshake`.
+    pub fn new(max: usize, per_client: usize, handshake: Duration) -> Arc<Self> {
         Arc::new(Self {
             max,
             per_client,
+            handshake,
             open: AtomicUsize::new(0),
             by_client: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
@@ -85,6 +90,7 @@ impl Admission {
             stream,
             ip,
             home: self.clone(),
+            preface: Some((0, Box::pin(tokio::time::sleep(self.handshake)))),
         })
     }
 
@@ -139,7 +145,12 @@ pub struct Admitted {
     stream: TcpStream,
     ip: Option<IpAddr>,
     home: Arc<Admission>,
+    /// Until the preface is in: bytes read so far and the deadline.
+    preface: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
 }
+
+/// Length of the HTTP/2 client connection preface (`PRI * HTTP/2.0…`).
+const PREFACE_LEN: usize = 24;
 
 impl Drop for Admitted {
     fn drop(&mut self) {
@@ -162,7 +173,30 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let Some((got, deadline)) = this.preface.as_mut() else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                *got += buf.filled().len() - before;
+                if *got >= PREFACE_LEN {
+                    this.preface = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            // A peer that connects and then sends nothing (or trickles the preface) would
+            // hold its connection, and a graceful shutdown, for as long as it likes.
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within the handshake timeout",
+                )))
+            }
+            other => other,
+        }
     }
 }
 

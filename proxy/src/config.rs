@@ -35,6 +35,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Open gRPC connections from one client address beyond which its new ones are closed.
     pub max_connections_per_client: usize,
+    /// A new gRPC connection must send the HTTP/2 preface within this (ms).
+    pub handshake_timeout_ms: u64,
     /// Run a broker in this process and forward to it over its first listener (feature
     /// `embedded`).
     #[cfg(feature = "embedded")]
@@ -60,6 +62,7 @@ impl Default for ProxyConfig {
             max_in_flight: 8_000,
             max_connections: 10_000,
             max_connections_per_client: 1_000,
+            handshake_timeout_ms: 10_000,
             #[cfg(feature = "embedded")]
             embedded_broker: None,
             metrics_listen: None,
@@ -113,6 +116,9 @@ struct Flags {
     /// (default 1000)
     #[arg(long, value_name = "N", env = "RDMQ_PROXY_MAX_CONNECTIONS_PER_CLIENT")]
     max_connections_per_client: Option<String>,
+    /// A new gRPC connection must send the HTTP/2 preface within this (default 10000)
+    #[arg(long, value_name = "MS", env = "RDMQ_PROXY_HANDSHAKE_TIMEOUT_MS")]
+    handshake_timeout_ms: Option<String>,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (default off)
     #[arg(long, value_name = "HOST:PORT", env = "RDMQ_PROXY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -242,6 +248,7 @@ impl ProxyConfig {
             ("--max-in-flight", f.max_in_flight),
             ("--max-connections", f.max_connections),
             ("--max-connections-per-client", f.max_connections_per_client),
+            ("--handshake-timeout-ms", f.handshake_timeout_ms),
             ("--connections", f.connections),
             ("--broker-listen", f.broker_listen),
             ("--store-dir", f.store_dir),
@@ -278,6 +285,7 @@ impl ProxyConfig {
                 "--max-in-flight" => cfg.max_in_flight = positive()?,
                 "--max-connections" => cfg.max_connections = positive()?,
                 "--max-connections-per-client" => cfg.max_connections_per_client = positive()?,
+                "--handshake-timeout-ms" => cfg.handshake_timeout_ms = positive()? as u64,
                 "--connections" => {
                     cfg.connections_per_broker = value.parse().map_err(|_| bad("not a number"))?
                 }

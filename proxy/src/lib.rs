@@ -189,7 +189,11 @@ impl RunningProxy {
             .with_keepalive(Some(Duration::from_secs(60)));
         let incoming = admit::admitted(
             incoming,
-            admit::Admission::new(cfg.max_connections, cfg.max_connections_per_client),
+            admit::Admission::new(
+                cfg.max_connections,
+                cfg.max_connections_per_client,
+                Duration::from_millis(cfg.handshake_timeout_ms),
+            ),
         );
         let mut until = stop_rx;
         let server = tokio::spawn(

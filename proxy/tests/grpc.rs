@@ -1010,3 +1010,42 @@ async fn connections_over_the_per_client_cap_are_closed_and_admitted_clients_kee
     drop((held, over));
     proxy.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_completes_the_http2_preface_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("preface");
+    let mut a = args(&dir, "tcp://127.0.0.1:0", &["t:2"]);
+    a.extend(["--handshake-timeout-ms".into(), "300".into()]);
+    let proxy = start(&a).await;
+    let mut good = client(&proxy).await;
+    let mut silent = tokio::net::TcpStream::connect(proxy.grpc_addr())
+        .await
+        .unwrap();
+    let mut trickler = tokio::net::TcpStream::connect(proxy.grpc_addr())
+        .await
+        .unwrap();
+    trickler.write_all(b"PRI * HTTP").await.unwrap();
+    let t0 = Instant::now();
+    for s in [&mut silent, &mut trickler] {
+        // The server's own SETTINGS frame comes first; then the connection must end.
+        let closed = tokio::time::timeout(Duration::from_secs(3), async {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a connection without the preface stayed open"
+        );
+    }
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // A real client, idle past the handshake timeout, is not affected.
+    let r = send(&mut good, vec![message("t", "p-1", "T", body(0, 5))]).await;
+    assert_eq!(code(&r.status), Code::Ok);
+    proxy.shutdown().await.unwrap();
+}
