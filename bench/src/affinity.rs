@@ -1,6 +1,6 @@
 //! CPU affinity of the calling thread (threads it spawns afterwards inherit it) and of child
-//! processes, so a run can be confined to chosen cores; plus the two other libc calls the runner
-//! needs (signals, the clock tick). The only `unsafe` of the crate.
+//! processes, so a run can be confined to chosen cores; plus the other libc calls the runner
+//! needs (signals, the clock tick, this thread's CPU time). The only `unsafe` of the crate.
 
 #![allow(unsafe_code)]
 
@@ -60,4 +60,17 @@ pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf takes a constant and returns a number.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as u64 } else { 100 }
+}
+
+/// CPU seconds (user + system) the calling thread has used, at microsecond resolution.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the whole `rusage` it is pointed at (zeroed beforehand, so it is
+    // initialised even if the call failed); RUSAGE_THREAD reads only this thread's counters.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }

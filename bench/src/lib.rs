@@ -8,6 +8,7 @@ pub mod alloc_count;
 pub mod crossproc;
 pub mod e2e;
 pub mod headline;
+pub mod hostile;
 pub mod pop;
 pub mod report;
 pub mod sim;

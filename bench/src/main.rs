@@ -42,6 +42,9 @@ enum Cmd {
     /// Timer firing accuracy: --iterations timers (default 200000) due over 5 s, lateness
     /// p50/p99/max
     Timers(Common),
+    /// CPU per request of the largest header and property counts allowed and of 100,000
+    /// (refused)
+    Hostile(Common),
 }
 
 /// Flags the benchmarks share (each also from `RDMQ_BENCH_<FLAG>`).
@@ -104,6 +107,7 @@ fn parse_args(argv: &[String]) -> Result<Args, clap::Error> {
         Cmd::Pop(c) => ("pop", c),
         Cmd::E2e(c) => ("e2e", c),
         Cmd::Timers(c) => ("timers", c),
+        Cmd::Hostile(c) => ("hostile", c),
         Cmd::Headline(_) => unreachable!("headline is dispatched before"),
     };
     // Store appends are cheap: a longer default run for stable numbers.
@@ -609,6 +613,9 @@ fn main() -> ExitCode {
         "store" => Some(store_bench as fn(&Args) -> Result<(), String>),
         "pop" => Some(pop_bench as fn(&Args) -> Result<(), String>),
         "timers" => Some(timer_bench as fn(&Args) -> Result<(), String>),
+        "hostile" => {
+            Some((|_: &Args| rdmq_bench::hostile::run()) as fn(&Args) -> Result<(), String>)
+        }
         _ => None,
     };
     if let Some(bench) = own_runtime {
