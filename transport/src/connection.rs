@@ -12,7 +12,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::codec::{
-    DEFAULT_MAX_FRAME, EncodeError, FLAG_ONEWAY, FLAG_RESPONSE, RemotingCommand, SerializeType,
+    DEFAULT_MAX_FRAME, DEFAULT_MAX_HEADER, EncodeError, FLAG_ONEWAY, FLAG_RESPONSE,
+    RemotingCommand, SerializeType, peek_oversized,
 };
 use crate::counters::LinkCounters;
 use crate::error::TransportError;
@@ -25,6 +26,9 @@ pub struct ConnectionConfig {
     pub max_frame: usize,
     /// Incoming requests buffered before the reader stops reading (backpressure on the peer).
     pub incoming_capacity: usize,
+    /// Longest header parsed: a request with a longer one is refused unparsed (its opaque is
+    /// found by a scan) and a response with one is dropped.
+    pub max_header: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -32,6 +36,7 @@ impl Default for ConnectionConfig {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
             incoming_capacity: 1024,
+            max_header: DEFAULT_MAX_HEADER,
         }
     }
 }
@@ -73,6 +78,7 @@ struct Shared<T> {
     tx: T,
     info: LinkInfo,
     max_frame: usize,
+    max_header: usize,
     next_opaque: AtomicI32,
     calls: Mutex<Calls>,
     idle: Notify,
@@ -275,6 +281,7 @@ impl<T: LinkTx> Connection<T> {
             tx,
             info,
             max_frame: config.max_frame,
+            max_header: config.max_header,
             next_opaque: AtomicI32::new(0),
             calls: Mutex::new(Calls {
                 state: State::Open,
@@ -425,6 +432,32 @@ async fn read_loop<T: LinkTx, R: LinkRx>(
             }
             Err(e) => break e,
         };
+        if let Some(big) = peek_oversized(&frame, shared.max_header) {
+            match (big.opaque, big.flag) {
+                (Some(opaque), flag) if flag & (FLAG_RESPONSE | FLAG_ONEWAY) == 0 => {
+                    let mut refusal = RemotingCommand::response(
+                        crate::protocol::response_code::INVALID_PARAMETER,
+                        Some(format!(
+                            "request header of {} bytes exceeds {}",
+                            big.header_len, shared.max_header
+                        )),
+                    );
+                    refusal.opaque = opaque;
+                    refusal.serialize_type = big.serialize_type;
+                    if let Err(e) = shared.send_command(&refusal).await {
+                        break e;
+                    }
+                }
+                (_, flag) if flag & FLAG_ONEWAY != 0 => {}
+                (opaque, _) => tracing::warn!(
+                    peer = %shared.info.peer,
+                    header_len = big.header_len,
+                    ?opaque,
+                    "oversized header dropped unparsed"
+                ),
+            }
+            continue;
+        }
         let command = match RemotingCommand::decode_frame(frame) {
             Ok(c) => c,
             Err(e) => {

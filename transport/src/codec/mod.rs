@@ -6,6 +6,7 @@ mod command;
 mod error;
 mod frame;
 mod json;
+mod oversize;
 
 pub use command::{
     ExtFields, FLAG_ONEWAY, FLAG_RESPONSE, LanguageCode, RDMQ_VERSION, RemotingCommand,
@@ -13,3 +14,4 @@ pub use command::{
 };
 pub use error::{DecodeError, EncodeError};
 pub use frame::{DEFAULT_MAX_FRAME, EncodedCommand, FRAME_PREFIX_LEN, FrameSplitter, FrameWrite};
+pub use oversize::{DEFAULT_MAX_HEADER, OversizedHeader, peek_oversized};
