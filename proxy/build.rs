@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Prost's codec behind a field-count guard (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::GuardedCodec")
         .compile_with_config(
             config,
             &["proto/apache/rocketmq/v2/service.proto"],

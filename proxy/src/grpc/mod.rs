@@ -2,6 +2,7 @@
 //! translated to remoting operations on the brokers ([`crate::cluster`]).
 
 mod ack;
+pub mod codec;
 pub mod metadata;
 mod receive;
 mod renew;
