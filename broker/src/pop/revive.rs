@@ -191,7 +191,7 @@ mod tests {
             topic: "T".into(),
             queue: -1,
             max: 1,
-            invisible_ms: 1,
+            invisible_ms: 500,
             poll: Duration::ZERO,
             filter: TagFilter::parse("*"),
             fifo: false,
@@ -199,9 +199,11 @@ mod tests {
     }
 
     /// State an earlier version let in: a group whose retry and dead-letter topics cannot
-    /// exist has a message in flight. Its revival must not stop the other group's.
+    /// exist has a message in flight. Its revival must not stop the other group's, also after
+    /// a restart that recovers both deliveries.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_group_whose_retry_topic_cannot_exist_does_not_stop_redelivery_for_others() {
+    async fn a_group_whose_retry_topic_cannot_exist_does_not_stop_redelivery_for_others_across_restart()
+     {
         let dir = std::env::temp_dir().join(format!("rdmq-revive-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = StoreConfig::new(dir.join("store"));
@@ -234,6 +236,18 @@ mod tests {
             let got = pop.inner.try_pop(&request(group), 1).await.unwrap();
             assert_eq!(got.messages.len(), 1, "{group}");
         }
+        // Across a restart: both deliveries come back from the pop log, still in flight.
+        pop.shutdown();
+        let cfg = PopConfig {
+            tick: Duration::from_millis(10),
+            ..PopConfig::default()
+        };
+        let pop = PopService::start(store.clone(), &dir.join("pop"), cfg).unwrap();
+        assert_eq!(
+            pop.inner.lock_state().deadlines.len(),
+            2,
+            "recovered in flight"
+        );
         let retry = retry_topic("good", "T");
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.queue(&retry, 0).is_none_or(|q| q.entry(0).is_none()) {
