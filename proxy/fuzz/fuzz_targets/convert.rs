@@ -1,8 +1,9 @@
 //! Fuzzes the proxy's message conversion both ways. Arbitrary bytes are decoded as a gRPC
 //! `SendMessageRequest` (protobuf) and every message converted for the broker: no input may
 //! panic, and what is accepted must be what the broker parses back (properties within the
-//! limit, parseable, carrying the message id). The same bytes are also read as a broker's
-//! PULL/POP body of stored records and converted for a consumer.
+//! limit, parseable, carrying the message id). The codec's field-count scan sees the same
+//! bytes first. The same bytes are also read as a broker's PULL/POP body of stored records and
+//! converted for a consumer.
 #![no_main]
 
 use bytes::Bytes;
@@ -19,6 +20,8 @@ const LIMITS: Limits = Limits {
 };
 
 fuzz_target!(|data: &[u8]| {
+    // The codec's wire scan runs on every request before prost does.
+    let _ = rdmq_proxy::grpc::codec::too_many_fields(data, 1);
     if let Ok(req) = pb::SendMessageRequest::decode(data) {
         let now = 1_700_000_000_000;
         for m in &req.messages {

@@ -7,7 +7,12 @@ use libfuzzer_sys::fuzz_target;
 use rdmq_transport::codec::{FrameSplitter, RemotingCommand};
 
 fuzz_target!(|data: &[u8]| {
-    let cut = data.first().map(|b| *b as usize % (data.len() + 1)).unwrap_or(0);
+    // What a connection looks at before decoding: the oversized-header scan.
+    let _ = rdmq_transport::codec::peek_oversized(&Bytes::copy_from_slice(data), 64);
+    let cut = data
+        .first()
+        .map(|b| *b as usize % (data.len() + 1))
+        .unwrap_or(0);
     let splitter = FrameSplitter::new(1 << 20);
     let mut buf = BytesMut::from(&data[..cut]);
     let mut fed_rest = false;
