@@ -227,17 +227,12 @@ fn proxy_under_attack() -> Result<(), String> {
         let under = paced(3).await?;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = attack.join();
-        let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p) as f64;
-        println!(
-            "good gRPC sender at {RATE}/s through the proxy, RTT µs p50 / p99: alone {:.0} / \
-             {:.0}; while {ATTACK_RATE} messages/s with 100,000 properties arrive {:.0} / {:.0} \
-             (p99 {:.2}x; {} refused in 3 s)",
-            q(&alone, 0.5),
-            q(&alone, 0.99),
-            q(&under, 0.5),
-            q(&under, 0.99),
-            q(&under, 0.99) / q(&alone, 0.99).max(1.0),
-            refused.load(std::sync::atomic::Ordering::Relaxed)
+        report(
+            &format!("good gRPC sender at {RATE}/s through the proxy"),
+            &format!("{ATTACK_RATE} messages/s with 100,000 properties"),
+            &alone,
+            &under,
+            refused.load(std::sync::atomic::Ordering::Relaxed),
         );
         proxy.shutdown().await.map_err(|e| e.to_string())?;
         Ok(())
@@ -326,21 +321,36 @@ fn others_under_attack() -> Result<(), String> {
         let under = paced(3).await?;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = attack.join();
-        let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p) as f64;
-        println!(
-            "good client at 1000/s, RTT µs p50 / p99: alone {:.0} / {:.0}; while {ATTACK_RATE} \
-             hostile requests/s (1.3 MB headers) arrive {:.0} / {:.0} (p99 {:.2}x; {} refused \
-             in 3 s)",
-            q(&alone, 0.5),
-            q(&alone, 0.99),
-            q(&under, 0.5),
-            q(&under, 0.99),
-            q(&under, 0.99) / q(&alone, 0.99).max(1.0),
-            refused.load(std::sync::atomic::Ordering::Relaxed)
+        report(
+            "good client at 1000/s",
+            &format!("{ATTACK_RATE} hostile requests/s (1.3 MB headers)"),
+            &alone,
+            &under,
+            refused.load(std::sync::atomic::Ordering::Relaxed),
         );
         server.shutdown(Duration::from_secs(1)).await;
         Ok(())
     })
+}
+
+/// One line: the good client's RTT alone and under attack, and their p99 ratio.
+fn report(
+    who: &str,
+    attack: &str,
+    alone: &hdrhistogram::Histogram<u64>,
+    under: &hdrhistogram::Histogram<u64>,
+    refused: u64,
+) {
+    let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p) as f64;
+    println!(
+        "{who}, RTT µs p50 / p99: alone {:.0} / {:.0}; while {attack} arrive {:.0} / {:.0} \
+         (p99 {:.2}x; {refused} refused in 3 s)",
+        q(alone, 0.5),
+        q(alone, 0.99),
+        q(under, 0.5),
+        q(under, 0.99),
+        q(under, 0.99) / q(alone, 0.99).max(1.0),
+    );
 }
 
 /// Sends pre-encoded request bytes as they are; decodes SendMessage responses.

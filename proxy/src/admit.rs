@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,7 +29,7 @@ pub struct Admission {
     open: AtomicUsize,
     by_client: Mutex<HashMap<IpAddr, usize>>,
     refused: AtomicU64,
-    trim_scheduled: AtomicBool,
+    trim: Arc<rdmq_transport::heap::TrimAfterCloses>,
 }
 
 impl Admission {
@@ -43,7 +43,7 @@ impl Admission {
             open: AtomicUsize::new(0),
             by_client: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
-            trim_scheduled: AtomicBool::new(false),
+            trim: Arc::default(),
         })
     }
 
@@ -106,23 +106,6 @@ impl Admission {
         }
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
-
-    /// A second after connections close, the memory they freed goes back to the system (one
-    /// trim per burst of closes; see `rdmq_transport::heap`).
-    fn schedule_trim(self: &Arc<Self>) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self.trim_scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = self.clone();
-        rt.spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            this.trim_scheduled.store(false, Ordering::Release);
-            let _ = tokio::task::spawn_blocking(rdmq_transport::heap::release_free_memory).await;
-        });
-    }
 }
 
 /// Accepted sockets that are within the caps (the others are dropped, which closes them).
@@ -155,7 +138,7 @@ const PREFACE_LEN: usize = 24;
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.home.release(self.ip);
-        self.home.schedule_trim();
+        self.home.trim.connection_closed();
     }
 }
 

@@ -24,9 +24,6 @@ use crate::remoting::CallMetrics;
 /// refused with `INVALID_PARAMETER` before any handler sees them.
 pub const MAX_REQUEST_FIELDS: usize = 1024;
 
-/// How long after connections close their freed memory is given back.
-const TRIM_DELAY: Duration = Duration::from_secs(1);
-
 /// Clients newer than this (RocketMQ V5_3_1) understand `GO_AWAY` during a graceful drain.
 const GO_AWAY_MIN_VERSION: i32 = 476;
 
@@ -169,8 +166,8 @@ struct Registry<Tx: LinkTx> {
     live: Mutex<HashMap<u64, Connection<Tx>>>,
     /// Open connections per client address.
     per_client: Mutex<HashMap<String, usize>>,
-    /// A heap trim is due shortly (after connections closed).
-    trim_scheduled: AtomicBool,
+    /// Gives the memory of closed connections back.
+    trim: Arc<crate::heap::TrimAfterCloses>,
 }
 
 impl<Tx: LinkTx> Registry<Tx> {
@@ -191,20 +188,6 @@ impl<Tx: LinkTx> Registry<Tx> {
         *n += 1;
         self.count.fetch_add(1, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// After connections close, gives the memory they freed back to the system once things
-    /// have been quiet for a second (one trim per burst of closes).
-    fn schedule_trim(self: &Arc<Self>) {
-        if self.trim_scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(TRIM_DELAY).await;
-            this.trim_scheduled.store(false, Ordering::Release);
-            let _ = tokio::task::spawn_blocking(crate::heap::release_free_memory).await;
-        });
     }
 
     fn release(&self, client: &str) {
@@ -277,7 +260,7 @@ impl<T: Transport> Server<T> {
             count: live.clone(),
             live: Mutex::new(HashMap::new()),
             per_client: Mutex::new(HashMap::new()),
-            trim_scheduled: AtomicBool::new(false),
+            trim: Arc::default(),
         });
         let (stop, stop_rx) = watch::channel(None);
         let task = tokio::spawn(accept_loop(
@@ -466,6 +449,6 @@ async fn serve_connection<K: Link>(
     conn.close(Duration::from_secs(5)).await;
     registry.live().remove(&id);
     registry.release(client_of(&info.peer));
-    registry.schedule_trim();
+    registry.trim.connection_closed();
     tracing::debug!(peer = %info.peer, "connection ended");
 }
