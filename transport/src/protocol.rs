@@ -10,6 +10,7 @@ pub mod request_code {
     pub const QUERY_CONSUMER_OFFSET: i32 = 14;
     pub const UPDATE_CONSUMER_OFFSET: i32 = 15;
     pub const UPDATE_AND_CREATE_TOPIC: i32 = 17;
+    pub const UPDATE_AND_CREATE_TOPIC_LIST: i32 = 18;
     pub const GET_ALL_TOPIC_CONFIG: i32 = 21;
     pub const GET_BROKER_CONFIG: i32 = 26;
     pub const SEARCH_OFFSET_BY_TIMESTAMP: i32 = 29;

@@ -1,4 +1,4 @@
-//! UPDATE_AND_CREATE_TOPIC, VIEW_MESSAGE_BY_ID, HEART_BEAT, UNREGISTER_CLIENT,
+//! UPDATE_AND_CREATE_TOPIC, UPDATE_AND_CREATE_TOPIC_LIST, VIEW_MESSAGE_BY_ID, HEART_BEAT, UNREGISTER_CLIENT,
 //! GET_CONSUMER_LIST_BY_GROUP and
 //! GET_ROUTEINFO_BY_TOPIC (so one broker also serves remoting clients directly).
 
@@ -35,11 +35,88 @@ pub(super) async fn update_and_create_topic(
     topic.write_queues = write;
     topic.perm = perm;
     topic.sys_flag = sys_flag;
-    b.store.put_topic(topic).map_err(|e| match e {
+    b.store.put_topic_async(topic).await.map_err(|e| match e {
         crate::store::StoreError::Illegal(msg) => fail(response_code::SYSTEM_ERROR, msg),
         other => store_failure(other),
     })?;
     tracing::info!(topic = name, read, write, perm, "topic created or updated");
+    Ok(ok())
+}
+
+/// Most topics one UPDATE_AND_CREATE_TOPIC_LIST may carry.
+pub const MAX_TOPIC_LIST: usize = 10_000;
+
+/// One entry of RocketMQ's `CreateTopicListRequestBody.topicConfigList`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedTopic {
+    topic_name: String,
+    read_queue_nums: Option<u32>,
+    write_queue_nums: Option<u32>,
+    perm: Option<u32>,
+    topic_sys_flag: Option<u32>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TopicList {
+    topic_config_list: Vec<ListedTopic>,
+}
+
+/// Creates or updates many topics with one durable write (the body is RocketMQ's
+/// `{"topicConfigList":[{"topicName":…,"readQueueNums":…,"writeQueueNums":…,"perm":…}]}`);
+/// all or nothing: one invalid entry refuses the request.
+pub(super) async fn update_and_create_topic_list(
+    b: &Broker,
+    req: Request,
+) -> Result<RemotingCommand, Reject> {
+    let list: TopicList = serde_json::from_slice(&req.command.body).map_err(|e| {
+        fail(
+            response_code::SYSTEM_ERROR,
+            format!("body is not a topic list (topicConfigList): {e}"),
+        )
+    })?;
+    if list.topic_config_list.is_empty() || list.topic_config_list.len() > MAX_TOPIC_LIST {
+        return Err(fail(
+            response_code::SYSTEM_ERROR,
+            format!(
+                "a topic list holds 1 to {MAX_TOPIC_LIST} topics, this one {}",
+                list.topic_config_list.len()
+            ),
+        ));
+    }
+    let mut topics = Vec::with_capacity(list.topic_config_list.len());
+    for t in list.topic_config_list {
+        let read = t.read_queue_nums.unwrap_or(b.info.default_queues);
+        let perm = t.perm.unwrap_or(PERM_READ | PERM_WRITE);
+        if perm & !(PERM_READ | PERM_WRITE | 1) != 0 {
+            return Err(fail(
+                response_code::SYSTEM_ERROR,
+                format!(
+                    "perm {perm} of topic `{}` is not a valid permission",
+                    t.topic_name
+                ),
+            ));
+        }
+        let mut topic = b
+            .store
+            .topic(&t.topic_name)
+            .unwrap_or_else(|| TopicConfig::new(&t.topic_name, read));
+        topic.read_queues = read;
+        topic.write_queues = t.write_queue_nums.unwrap_or(read);
+        topic.perm = perm;
+        topic.sys_flag = t.topic_sys_flag.unwrap_or(0);
+        topics.push(topic);
+    }
+    let n = topics.len();
+    b.store
+        .put_topics_async(topics)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Illegal(msg) => fail(response_code::SYSTEM_ERROR, msg),
+            other => store_failure(other),
+        })?;
+    tracing::info!(topics = n, "topics created or updated");
     Ok(ok())
 }
 
@@ -150,7 +227,7 @@ pub(super) async fn route_info(b: &Broker, req: Request) -> Result<RemotingComma
             format!("no route for invalid topic name `{name}`"),
         ));
     }
-    let topic = b.topic_or_create(name, None)?;
+    let topic = b.topic_or_create(name, None).await?;
     let json = topic_route_json(
         &topic,
         &b.info.broker_name,

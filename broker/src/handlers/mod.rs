@@ -107,7 +107,11 @@ impl Broker {
     }
 
     /// The topic, created with `queues` queues if unknown and auto-creation is on.
-    pub fn topic_or_create(&self, name: &str, queues: Option<u32>) -> Result<TopicConfig, Reject> {
+    pub async fn topic_or_create(
+        &self,
+        name: &str,
+        queues: Option<u32>,
+    ) -> Result<TopicConfig, Reject> {
         if let Some(t) = self.store.topic(name) {
             return Ok(t);
         }
@@ -124,7 +128,10 @@ impl Broker {
             .filter(|q| (1..=1024).contains(q))
             .unwrap_or(self.info.default_queues);
         let t = TopicConfig::new(name, n);
-        self.store.put_topic(t.clone()).map_err(store_failure)?;
+        self.store
+            .put_topic_async(t.clone())
+            .await
+            .map_err(store_failure)?;
         tracing::info!(topic = name, queues = n, "topic auto-created");
         Ok(t)
     }
@@ -279,6 +286,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         pull::search_offset_by_timestamp
     );
     route!(rc::UPDATE_AND_CREATE_TOPIC, admin::update_and_create_topic);
+    route!(
+        rc::UPDATE_AND_CREATE_TOPIC_LIST,
+        admin::update_and_create_topic_list
+    );
     route!(rc::VIEW_MESSAGE_BY_ID, admin::view_message_by_id);
     route!(rc::HEART_BEAT, admin::heart_beat);
     route!(rc::UNREGISTER_CLIENT, admin::unregister_client);

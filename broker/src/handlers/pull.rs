@@ -83,10 +83,14 @@ pub(super) async fn pull(b: &Broker, req: Request) -> Result<RemotingCommand, Re
         } else {
             Duration::ZERO
         };
-    let mut arrivals = b.store.arrivals();
+    let cq = b
+        .store
+        .queue_or_create(&topic, queue)
+        .map_err(store_failure)?;
     loop {
-        arrivals.borrow_and_update();
-        let (min, max_off) = b.store.offsets(&topic, queue);
+        // Registered before the check, so an arrival in between is not missed.
+        let arrived = cq.arrival();
+        let (min, max_off) = (cq.min_offset(), cq.max_offset());
         let header = |r: RemotingCommand, next: i64| {
             r.with_field("nextBeginOffset", next.to_string())
                 .with_field("minOffset", min.to_string())
@@ -133,7 +137,9 @@ pub(super) async fn pull(b: &Broker, req: Request) -> Result<RemotingCommand, Re
                 offset,
             ));
         }
-        let _ = tokio::time::timeout(left, arrivals.changed()).await;
+        if tokio::time::timeout(left, arrived).await.is_ok() {
+            b.store.count_poll_wakeup();
+        }
     }
 }
 

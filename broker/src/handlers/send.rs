@@ -27,7 +27,7 @@ pub(super) async fn send(b: &Broker, req: Request) -> Result<RemotingCommand, Re
         ));
     }
     let queues_hint = f.opt_num2("d", "defaultTopicQueueNums")?;
-    let topic_cfg = b.topic_or_create(topic, queues_hint)?;
+    let topic_cfg = b.topic_or_create(topic, queues_hint).await?;
     if topic_cfg.perm & crate::store::meta::PERM_WRITE == 0 {
         return Err(fail(
             response_code::NO_PERMISSION,

@@ -200,6 +200,8 @@ struct Inner {
     groups: Mutex<HashMap<String, GroupConfig>>,
     /// Woken when something becomes poppable without a new message (ack, FIFO redelivery).
     available: tokio::sync::Notify,
+    /// Orders the writes of the groups file.
+    groups_gate: meta::SaveGate,
     stop: AtomicBool,
     /// Set by a drain: long polls answer at once.
     draining: AtomicBool,
@@ -297,6 +299,7 @@ impl PopService {
             state: Mutex::new(state),
             groups: Mutex::new(groups.into_iter().map(|g| (g.name.clone(), g)).collect()),
             available: tokio::sync::Notify::new(),
+            groups_gate: Default::default(),
             stop: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             rotate: AtomicU64::new(0),
@@ -321,12 +324,12 @@ impl PopService {
                 "max attempts must be at least 1".into(),
             ));
         }
-        let mut groups = self.inner.lock_groups();
-        groups.insert(g.name.clone(), g);
-        let mut all: Vec<&GroupConfig> = groups.values().collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        meta::save_json(&self.inner.dir, GROUPS, &all)?;
-        Ok(())
+        let generation = {
+            let mut groups = self.inner.lock_groups();
+            groups.insert(g.name.clone(), g);
+            self.inner.groups_gate.changed()
+        };
+        self.inner.save_groups(generation)
     }
 
     /// A group's settings.
@@ -352,7 +355,22 @@ impl PopService {
         }
         names::check_consumption(&req.group, &req.topic)
             .map_err(|e| PopError::Invalid(e.to_string()))?;
-        let group = inner.group_or_create(&req.group)?;
+        let known = inner.lock_groups().get(&req.group).cloned();
+        let group = match known {
+            Some(g) => g,
+            // Creation writes the groups file: off the runtime threads.
+            None => {
+                let i = self.inner.clone();
+                let name = req.group.clone();
+                tokio::task::spawn_blocking(move || i.group_or_create(&name))
+                    .await
+                    .map_err(|e| {
+                        PopError::Store(StoreError::Busy(format!(
+                            "group creation did not finish: {e}"
+                        )))
+                    })??
+            }
+        };
         let ordered;
         let req = if group.fifo && !req.fifo {
             ordered = PopRequest {
@@ -376,9 +394,15 @@ impl PopService {
             )));
         }
         let poll_until = Instant::now() + req.poll.min(inner.cfg.max_poll);
-        let mut arrivals = inner.store.arrivals();
+        // Woken by arrivals on the topic's queues and on the group's retry topic, and by pop
+        // state changes that may free messages (acks unlocking a FIFO queue, revives).
+        let topic_sig = inner.store.topic_arrival(&req.topic);
+        let retry_sig = inner
+            .store
+            .topic_arrival(&retry_topic(&req.group, &req.topic));
         loop {
-            arrivals.borrow_and_update();
+            let on_topic = topic_sig.notified();
+            let on_retry = retry_sig.notified();
             let notified = inner.available.notified();
             let r = inner.try_pop(req, topic.queues()).await?;
             let left = poll_until.saturating_duration_since(Instant::now());
@@ -386,9 +410,10 @@ impl PopService {
                 return Ok(r);
             }
             tokio::select! {
-                _ = arrivals.changed() => {}
+                _ = on_topic => inner.store.count_poll_wakeup(),
+                _ = on_retry => inner.store.count_poll_wakeup(),
                 _ = notified => {}
-                _ = tokio::time::sleep(left.min(Duration::from_millis(200))) => {}
+                _ = tokio::time::sleep(left) => {}
             }
         }
     }
@@ -408,7 +433,8 @@ impl PopService {
             inner.log(&mut st, Vec::new(), &[r])?
         };
         inner.store.wait_stored(end, WAIT).await?;
-        inner.available.notify_waiters();
+        // An ack may unlock a FIFO queue: wake the pops of this topic only.
+        inner.store.topic_arrival(&h.topic).notify_waiters();
         Ok(())
     }
 
@@ -486,7 +512,7 @@ impl PopService {
             inner.log(&mut st, vec![copy], &[r])?
         };
         inner.store.wait_stored(end, WAIT).await?;
-        inner.available.notify_waiters();
+        inner.store.topic_arrival(&h.topic).notify_waiters();
         Ok(())
     }
 
@@ -535,25 +561,41 @@ impl Inner {
     }
 
     fn group_or_create(&self, name: &str) -> Result<GroupConfig, PopError> {
-        let mut groups = self.lock_groups();
-        if let Some(g) = groups.get(name) {
-            return Ok(g.clone());
-        }
-        if !self.cfg.auto_create_groups {
-            return Err(PopError::UnknownGroup(name.to_owned()));
-        }
-        names::check_group(name).map_err(|e| PopError::Invalid(e.to_string()))?;
-        let g = GroupConfig {
-            name: name.to_owned(),
-            max_attempts: self.cfg.default_max_attempts,
-            fifo: false,
+        let generation = {
+            let mut groups = self.lock_groups();
+            if let Some(g) = groups.get(name) {
+                return Ok(g.clone());
+            }
+            if !self.cfg.auto_create_groups {
+                return Err(PopError::UnknownGroup(name.to_owned()));
+            }
+            names::check_group(name).map_err(|e| PopError::Invalid(e.to_string()))?;
+            let g = GroupConfig {
+                name: name.to_owned(),
+                max_attempts: self.cfg.default_max_attempts,
+                fifo: false,
+            };
+            groups.insert(name.to_owned(), g);
+            self.groups_gate.changed()
         };
-        groups.insert(name.to_owned(), g.clone());
-        let mut all: Vec<&GroupConfig> = groups.values().collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        meta::save_json(&self.dir, GROUPS, &all).map_err(StoreError::from)?;
+        self.save_groups(generation)?;
         tracing::info!(group = name, "consumer group auto-created");
-        Ok(g)
+        Ok(self.lock_groups().get(name).cloned().expect("inserted"))
+    }
+
+    /// Writes the groups file (outside the groups lock) up to change `generation`.
+    fn save_groups(&self, generation: u64) -> Result<(), StoreError> {
+        self.groups_gate.persist(
+            generation,
+            || {
+                let groups = self.lock_groups();
+                let mut all: Vec<GroupConfig> = groups.values().cloned().collect();
+                all.sort_by(|a, b| a.name.cmp(&b.name));
+                all
+            },
+            |all| meta::save_json(&self.dir, GROUPS, all),
+        )?;
+        Ok(())
     }
 
     /// Parses `handle` and checks it is this broker's, for a topic of `group`.

@@ -55,12 +55,14 @@ fn finish_round(sh: &Shared, w: &mut WriteBuffers) {
             fatal(sh, format!("fsync of the commit log failed: {e}"));
         }
     }
-    for d in w.dispatch.drain(..) {
+    for d in &w.dispatch {
         if let Err(e) = d.queue.push(d.queue_offset, d.entry) {
             tracing::error!(error = %e, "dispatch");
         }
     }
-    sh.index.add_hashed(&w.index_pending);
+    if let Err(e) = sh.index.add_hashed(&w.index_pending) {
+        tracing::error!(error = %e, "key index: cannot create the next file; keys of this round are not indexed");
+    }
     w.index_pending.clear();
     w.batch.clear();
     w.rolls.clear();
@@ -70,7 +72,15 @@ fn finish_round(sh: &Shared, w: &mut WriteBuffers) {
     } else if end - sh.durable.get() >= ASYNC_SYNC_BYTES {
         sh.sync_wake.notify_one();
     }
-    sh.arrivals.send_modify(|v| *v += 1);
+    // Wake the long polls of the queues that got entries, and only those.
+    let mut last: Option<&Arc<ConsumeQueue>> = None;
+    for d in &w.dispatch {
+        if last.is_none_or(|l| !Arc::ptr_eq(l, &d.queue)) {
+            d.queue.wake_polls();
+            last = Some(&d.queue);
+        }
+    }
+    w.dispatch.clear();
 }
 
 /// Rounds an appending task may write itself before it leaves the rest to the flusher.
@@ -298,15 +308,17 @@ pub(super) fn sync_log(sh: &Shared, from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Files past which a checkpoint makes consume queues durable with one `syncfs` instead of an
+/// fsync per file.
+const SYNCFS_ABOVE: usize = 64;
+
 /// Makes consume queues, index, offsets and the log durable up to what is written, then
-/// records that point as the checkpoint.
+/// records that point as the checkpoint. Only queues that got entries are written.
 pub(super) fn checkpoint_now(sh: &Shared) -> io::Result<()> {
     let written = sh.written.get();
-    sync_log(sh, sh.log_start_of(), written)?;
-    for (_, q) in sh.queues.all() {
-        q.flush()?;
-        q.sync()?;
-    }
+    sync_log(sh, sh.durable.get().min(written), written)?;
+    sh.queues.flush()?;
+    sh.queues.sync(SYNCFS_ABOVE)?;
     sh.index.flush()?;
     sh.index.sync()?;
     if sh
@@ -314,7 +326,17 @@ pub(super) fn checkpoint_now(sh: &Shared) -> io::Result<()> {
         .swap(false, std::sync::atomic::Ordering::Relaxed)
     {
         let offsets = sh.offsets.lock().or_abort("store state").clone();
-        meta::save_json(&sh.cfg.dir, OFFSETS, &offsets)?;
+        if let Err(e) = meta::save_json(&sh.cfg.dir, OFFSETS, &offsets) {
+            sh.offsets_dirty
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(e);
+        }
     }
-    meta::save_json(&sh.cfg.dir, CHECKPOINT, &Checkpoint { offset: written })
+    let cp = Checkpoint { offset: written };
+    let mut last = sh.last_checkpoint.lock().or_abort("store state");
+    if *last != cp {
+        meta::save_json(&sh.cfg.dir, CHECKPOINT, &cp)?;
+        *last = cp;
+    }
+    Ok(())
 }

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,9 +69,27 @@ pub struct Checkpoint {
 
 /// Writes `value` as JSON to `dir/name`, atomically.
 pub fn save_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    save_bytes(
+        dir,
+        name,
+        &serde_json::to_vec_pretty(value).map_err(io::Error::other)?,
+    )
+}
+
+/// [`save_json`] without indentation (large files: thousands of topics).
+pub fn save_json_compact<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    save_bytes(
+        dir,
+        name,
+        &serde_json::to_vec(value).map_err(io::Error::other)?,
+    )
+}
+
+/// Writes `bytes` to `dir/name`, atomically.
+pub fn save_bytes(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(value).map_err(io::Error::other)?)?;
+    f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, dir.join(name))?;
@@ -93,4 +113,41 @@ pub type Offsets = BTreeMap<String, BTreeMap<String, i64>>;
 /// The key of a queue in [`Offsets`].
 pub fn queue_key(topic: &str, queue: i32) -> String {
     format!("{topic}@{queue}")
+}
+
+/// Orders the saves of a small persisted map: changes are applied in memory under the map's
+/// lock and written outside it, a later change is never overwritten by an older snapshot, and
+/// callers whose change a finished save already holds skip their own write.
+#[derive(Debug, Default)]
+pub struct SaveGate {
+    generation: AtomicU64,
+    saved: Mutex<u64>,
+}
+
+impl SaveGate {
+    /// Counts a change; call under the map's lock, right after changing it.
+    pub fn changed(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Makes change `generation` durable: `snapshot` (taking the map's lock) and `write` run
+    /// unless a save since then already covered it.
+    pub fn persist<S>(
+        &self,
+        generation: u64,
+        snapshot: impl FnOnce() -> S,
+        write: impl FnOnce(&S) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        if *saved >= generation {
+            return Ok(());
+        }
+        // Every change counted so far was applied before it was counted: the snapshot taken
+        // after this load holds them all.
+        let upto = self.generation.load(Ordering::SeqCst);
+        let snap = snapshot();
+        write(&snap)?;
+        *saved = upto;
+        Ok(())
+    }
 }

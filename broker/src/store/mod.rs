@@ -14,6 +14,7 @@
 //! - **Read**: only written records are visible, so readers use the segment files alone.
 
 mod flush;
+pub mod index;
 pub mod log;
 pub mod meta;
 pub mod queue;
@@ -29,13 +30,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::watch;
 
 use crate::message::{self, HostAddr, NewMessage, PropertiesError};
 use flush::{checkpoint_now, flush_loop, sync_loop};
+use index::KeyIndex;
 use log::{FRAME_HEADER, Segments};
 use meta::{Checkpoint, Offsets, TopicConfig};
-use queue::{ConsumeQueue, CqEntry, KeyIndex, Queues};
+use queue::{ConsumeQueue, CqEntry, Queues};
 use recovery::index_facts;
 use watermark::Watermark;
 
@@ -225,10 +226,15 @@ pub(crate) struct Shared {
     index: KeyIndex,
     written: Watermark,
     durable: Watermark,
-    arrivals: watch::Sender<u64>,
     topics: Mutex<HashMap<String, TopicConfig>>,
+    /// Orders the writes of `topics` (concurrent creations share one write).
+    topics_gate: meta::SaveGate,
     offsets: Mutex<Offsets>,
     offsets_dirty: std::sync::atomic::AtomicBool,
+    /// Long polls woken by an arrival signal.
+    poll_wakeups: std::sync::atomic::AtomicU64,
+    /// The checkpoint last written (an idle store writes none).
+    last_checkpoint: Mutex<Checkpoint>,
 }
 
 /// The store's background threads.
@@ -296,8 +302,30 @@ impl Store {
 
     /// Creates or updates a topic, durably.
     pub fn put_topic(&self, topic: TopicConfig) -> Result<(), StoreError> {
-        validate_topic_name(&topic.name)?;
-        self.put_topic_unchecked(topic)
+        self.put_topics(vec![topic])
+    }
+
+    /// Creates or updates topics, durably, with one write of the topic file for the whole
+    /// list (and for concurrent callers: a save that already holds a caller's topics ends its
+    /// wait). Either every topic is valid and applied, or none is.
+    pub fn put_topics(&self, topics: Vec<TopicConfig>) -> Result<(), StoreError> {
+        for t in &topics {
+            validate_topic_name(&t.name)?;
+        }
+        self.put_topics_unchecked(topics)
+    }
+
+    /// [`Store::put_topic`] on a blocking thread (its fsync stays off the runtime threads).
+    pub async fn put_topic_async(&self, topic: TopicConfig) -> Result<(), StoreError> {
+        self.put_topics_async(vec![topic]).await
+    }
+
+    /// [`Store::put_topics`] on a blocking thread.
+    pub async fn put_topics_async(&self, topics: Vec<TopicConfig>) -> Result<(), StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.put_topics(topics))
+            .await
+            .map_err(|e| StoreError::Busy(format!("topic creation did not finish: {e}")))?
     }
 
     /// Creates a broker-internal topic (retry, dead-letter, timer and pop-log topics) if it
@@ -322,16 +350,35 @@ impl Store {
     }
 
     fn put_topic_unchecked(&self, topic: TopicConfig) -> Result<(), StoreError> {
-        if topic.queues() == 0 || topic.queues() > 1024 {
+        self.put_topics_unchecked(vec![topic])
+    }
+
+    fn put_topics_unchecked(&self, topics: Vec<TopicConfig>) -> Result<(), StoreError> {
+        if let Some(t) = topics.iter().find(|t| t.queues() == 0 || t.queues() > 1024) {
             return Err(StoreError::Illegal(format!(
                 "topic `{}` must have between 1 and 1024 queues",
-                topic.name
+                t.name
             )));
         }
-        let mut topics = self.shared.topics.lock().or_abort("store state");
-        topics.insert(topic.name.clone(), topic);
-        let all: Vec<&TopicConfig> = topics.values().collect();
-        meta::save_json(&self.shared.cfg.dir, TOPICS, &all)?;
+        // Applied in memory under the lock; written to disk outside it, so sends to other
+        // topics never wait for this fsync.
+        let generation = {
+            let mut map = self.shared.topics.lock().or_abort("store state");
+            for t in topics {
+                map.insert(t.name.clone(), t);
+            }
+            self.shared.topics_gate.changed()
+        };
+        self.shared.topics_gate.persist(
+            generation,
+            || {
+                let map = self.shared.topics.lock().or_abort("store state");
+                let mut all: Vec<TopicConfig> = map.values().cloned().collect();
+                all.sort_by(|a, b| a.name.cmp(&b.name));
+                all
+            },
+            |all| meta::save_json_compact(&self.shared.cfg.dir, TOPICS, all),
+        )?;
         Ok(())
     }
 
@@ -633,9 +680,35 @@ impl Store {
         Ok(lo)
     }
 
-    /// A counter bumped whenever new messages become readable (for long polling).
-    pub fn arrivals(&self) -> watch::Receiver<u64> {
-        self.shared.arrivals.subscribe()
+    /// The arrival signal of every queue of `topic` (for long polls across a topic's queues;
+    /// a single queue's is [`ConsumeQueue::arrival`]).
+    pub fn topic_arrival(&self, topic: &str) -> Arc<tokio::sync::Notify> {
+        self.shared.queues.topic_arrival(topic)
+    }
+
+    /// The consume queue of `topic`/`queue`, created (in memory) if it has no entries yet;
+    /// the caller has checked that the topic has that queue.
+    pub fn queue_or_create(
+        &self,
+        topic: &str,
+        queue: i32,
+    ) -> Result<Arc<ConsumeQueue>, StoreError> {
+        Ok(self.shared.queues.get_or_create(topic, queue)?)
+    }
+
+    /// Counts a long poll woken by an arrival signal (pull and pop call this).
+    pub fn count_poll_wakeup(&self) {
+        self.shared
+            .poll_wakeups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Long polls woken by arrival signals so far: with per-queue signals, only polls whose
+    /// queue (or topic) got messages wake.
+    pub fn poll_wakeups(&self) -> u64 {
+        self.shared
+            .poll_wakeups
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     // ----- consumer offsets ---------------------------------------------------------------------
@@ -699,7 +772,7 @@ impl Store {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let _ = self.queues.all().iter().try_for_each(|(_, q)| q.flush());
+        let _ = self.queues.flush();
     }
 }
 

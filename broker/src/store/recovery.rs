@@ -33,9 +33,9 @@ pub(super) fn index_facts(
     message::scan_properties(properties, |k, v| match k {
         message::prop::TAGS if !v.is_empty() => tag_hash = message::tag_hash(Some(v)),
         message::prop::KEYS => {
-            key_hashes.extend(v.split(' ').filter(|k| !k.is_empty()).map(queue::key_hash))
+            key_hashes.extend(v.split(' ').filter(|k| !k.is_empty()).map(index::key_hash))
         }
-        message::prop::UNIQ_KEY => key_hashes.push(queue::key_hash(v)),
+        message::prop::UNIQ_KEY => key_hashes.push(index::key_hash(v)),
         _ => {}
     })?;
     Ok(tag_hash)
@@ -72,12 +72,10 @@ impl Store {
                 }
                 Err(e) => tracing::error!(error = %e, "recovery: cannot open consume queue"),
             }
-            index.add_hashed(
-                &d.key_hashes
-                    .iter()
-                    .map(|h| (*h, frame.offset))
-                    .collect::<Vec<_>>(),
-            );
+            let keys: Vec<(u64, u64)> = d.key_hashes.iter().map(|h| (*h, frame.offset)).collect();
+            if let Err(e) = index.add_hashed(&keys) {
+                tracing::error!(error = %e, "recovery: cannot index keys");
+            }
             recovered += 1;
         })?;
         if !gaps.is_empty() {
@@ -88,7 +86,7 @@ impl Store {
         }
         let log_start = segments.bases().first().copied().unwrap_or(0);
         for (_, cq) in queues.all() {
-            cq.trim_below_phys(log_start);
+            cq.trim_below_phys(log_start)?;
             cq.reset_assigned();
         }
         if segments.bases().is_empty() {
@@ -139,10 +137,12 @@ impl Store {
             index,
             written: Watermark::new(end.end),
             durable: Watermark::new(end.end),
-            arrivals: watch::channel(0).0,
             topics: Mutex::new(topics.into_iter().map(|t| (t.name.clone(), t)).collect()),
+            topics_gate: Default::default(),
             offsets: Mutex::new(offsets),
             offsets_dirty: Default::default(),
+            poll_wakeups: Default::default(),
+            last_checkpoint: Mutex::new(Checkpoint { offset: u64::MAX }),
             cfg,
         });
         // Make the recovered state the new checkpoint before accepting writes.

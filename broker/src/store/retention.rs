@@ -59,13 +59,11 @@ pub(super) fn enforce_shared(sh: &Shared) -> Result<usize, StoreError> {
     let log_start = sh.log_start_of();
     if deleted > 0 {
         for (_, q) in sh.queues.all() {
-            // Trimming only drops entries already in the file (offsets stay aligned).
-            q.flush()?;
-            q.trim_below_phys(log_start);
+            q.trim_below_phys(log_start)?;
         }
-        sh.index.forget_below(log_start);
+        sh.index.forget_below(log_start)?;
     }
-    // Per-topic limits.
+    // Per-topic limits: reads proportional to what is trimmed, not to what is kept.
     let topics: Vec<_> = sh
         .topics
         .lock()
@@ -75,40 +73,44 @@ pub(super) fn enforce_shared(sh: &Shared) -> Result<usize, StoreError> {
         .cloned()
         .collect();
     for t in topics {
-        for ((name, _), q) in sh.queues.all() {
-            if name != t.name {
-                continue;
-            }
-            q.flush()?;
+        for (_, q) in sh.queues.of_topic(&t.name) {
             if let Some(ms) = t.retention_ms {
                 let cutoff = now_ms() - ms as i64;
-                for _ in 0..100_000 {
-                    let first = q.min_offset();
-                    let Some(e) = q.entry(first) else { break };
-                    let Ok(rec) = sh.segments.read_record(e.phys, e.size) else {
-                        break;
-                    };
-                    if store_timestamp(&rec).is_none_or(|ts| ts >= cutoff) {
+                let mut cut = q.min_offset();
+                'age: loop {
+                    let chunk = q.entries_from(cut, 256);
+                    if chunk.is_empty() {
                         break;
                     }
-                    q.trim_before(first + 1);
-                    if q.min_offset() == first {
-                        break;
+                    for (off, e) in &chunk {
+                        let Ok(rec) = sh.segments.read_record(e.phys, e.size) else {
+                            break 'age;
+                        };
+                        if store_timestamp(&rec).is_none_or(|ts| ts >= cutoff) {
+                            break 'age;
+                        }
+                        cut = off + 1;
                     }
                 }
+                q.trim_before(cut)?;
             }
             if let Some(max) = t.retention_bytes {
-                let entries = q.entries_from(q.min_offset(), usize::MAX);
-                let mut total: u64 = entries.iter().map(|(_, e)| e.size as u64).sum();
+                let mut total = q.live_bytes();
                 let mut cut = q.min_offset();
-                for (off, e) in &entries {
-                    if total <= max {
+                'size: while total > max {
+                    let chunk = q.entries_from(cut, 4096);
+                    if chunk.is_empty() {
                         break;
                     }
-                    total -= e.size as u64;
-                    cut = off + 1;
+                    for (off, e) in &chunk {
+                        if total <= max {
+                            break 'size;
+                        }
+                        total -= u64::from(e.size);
+                        cut = off + 1;
+                    }
                 }
-                q.trim_before(cut);
+                q.trim_before(cut)?;
             }
         }
     }
