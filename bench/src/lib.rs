@@ -11,6 +11,7 @@ pub mod headline;
 pub mod hostile;
 pub mod pop;
 pub mod report;
+pub mod scale;
 pub mod sim;
 pub mod store;
 pub mod transport;

@@ -45,6 +45,9 @@ enum Cmd {
     /// CPU per request of the largest header and property counts allowed and of 100,000
     /// (refused)
     Hostile(Common),
+    /// The store at scale on a broker process of its own: RSS per million messages, sampled
+    /// reads and lookups, a topic burst, idle long polls, restarts (see `rdmq-bench scale --help`)
+    Scale,
 }
 
 /// Flags the benchmarks share (each also from `RDMQ_BENCH_<FLAG>`).
@@ -108,7 +111,7 @@ fn parse_args(argv: &[String]) -> Result<Args, clap::Error> {
         Cmd::E2e(c) => ("e2e", c),
         Cmd::Timers(c) => ("timers", c),
         Cmd::Hostile(c) => ("hostile", c),
-        Cmd::Headline(_) => unreachable!("headline is dispatched before"),
+        Cmd::Headline(_) | Cmd::Scale => unreachable!("headline and scale are dispatched before"),
     };
     // Store appends are cheap: a longer default run for stable numbers.
     let iterations = c.iterations.unwrap_or(match command {
@@ -591,6 +594,7 @@ fn main() -> ExitCode {
     // headline runner starts (the broker's and proxy's are their binaries' main functions).
     match argv.first().map(String::as_str) {
         Some("headline") => return rdmq_bench::headline::cli::main(&argv[1..]),
+        Some("scale") => return rdmq_bench::scale::main(&argv[1..]),
         Some("loadgen") => return rdmq_bench::headline::loadgen::main(&argv[1..]),
         Some("echo-peer") => return rdmq_bench::crossproc::peer_main(&argv[1..]),
         Some("wake-peer") => return rdmq_bench::wakefloor::peer_main(),

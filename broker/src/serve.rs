@@ -129,6 +129,20 @@ impl RunningBroker {
                 })?
                 .map_err(ServeError::Services)?
         };
+        let wakeups = broker.store.poll_wakeup_counter();
+        rdmq_transport::metrics::global().collect(Box::new(move |out| {
+            let Some(c) = wakeups.upgrade() else {
+                return false;
+            };
+            out.push(rdmq_transport::metrics::Sample {
+                name: "rdmq_broker_long_poll_wakeups_total",
+                help: "Long polls (pull and pop) woken by messages arriving on their queue or topic",
+                kind: rdmq_transport::metrics::Kind::Counter,
+                labels: vec![],
+                value: c.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            });
+            true
+        }));
         use rdmq_transport::protocol::request_code as c;
         let metrics = rdmq_transport::remoting::CallMetrics::server(
             "broker",

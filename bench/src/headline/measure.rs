@@ -30,7 +30,7 @@ pub struct Deployment {
     dir: PathBuf,
 }
 
-fn metrics_addr(url: &str) -> Result<SocketAddr, String> {
+pub fn metrics_addr(url: &str) -> Result<SocketAddr, String> {
     url.trim_start_matches("http://")
         .trim_end_matches("/metrics")
         .parse()
@@ -230,8 +230,8 @@ pub struct Cell {
     pub credit_waits_per_k: f64,
 }
 
-/// A blocking `GET` of the metrics endpoint.
-fn scrape(addr: SocketAddr, path: &str) -> Result<String, String> {
+/// A blocking `GET` of a metrics endpoint.
+pub fn scrape(addr: SocketAddr, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("metrics {addr}: {e}"))?;

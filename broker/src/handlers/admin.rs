@@ -1,4 +1,4 @@
-//! UPDATE_AND_CREATE_TOPIC, UPDATE_AND_CREATE_TOPIC_LIST, VIEW_MESSAGE_BY_ID, HEART_BEAT, UNREGISTER_CLIENT,
+//! UPDATE_AND_CREATE_TOPIC, UPDATE_AND_CREATE_TOPIC_LIST, VIEW_MESSAGE_BY_ID, QUERY_MESSAGE, HEART_BEAT, UNREGISTER_CLIENT,
 //! GET_CONSUMER_LIST_BY_GROUP and
 //! GET_ROUTEINFO_BY_TOPIC (so one broker also serves remoting clients directly).
 
@@ -118,6 +118,68 @@ pub(super) async fn update_and_create_topic_list(
         })?;
     tracing::info!(topics = n, "topics created or updated");
     Ok(ok())
+}
+
+/// Most messages one QUERY_MESSAGE returns.
+pub const MAX_QUERY_MESSAGES: usize = 64;
+
+/// Messages of `topic` by key (`KEYS`) or, with `_UNIQUE_KEY_QUERY=true`, by client message id
+/// (`UNIQ_KEY`), stored between `beginTimestamp` and `endTimestamp` (ms; 0 = unbounded), at
+/// most `maxNum`: the records concatenated in the body, QUERY_NOT_FOUND when none matches.
+pub(super) async fn query_message(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    use crate::message::{Properties, decode_record, prop};
+    let f = Fields(&req.command);
+    let topic = f.str("topic")?;
+    let key = f.str("key")?;
+    let max = f
+        .opt_num::<usize>("maxNum")?
+        .unwrap_or(32)
+        .clamp(1, MAX_QUERY_MESSAGES);
+    let begin: i64 = f.opt_num("beginTimestamp")?.unwrap_or(0);
+    let end = match f.opt_num::<i64>("endTimestamp")? {
+        Some(e) if e > 0 => e,
+        _ => i64::MAX,
+    };
+    let unique = f
+        .opt2("_UNIQUE_KEY_QUERY", "_UNIQUE_KEY_QUERY")
+        .is_some_and(|v| v == "true");
+    let mut body = bytes::BytesMut::new();
+    let mut found = 0;
+    for off in b.store.lookup(key) {
+        if found >= max {
+            break;
+        }
+        let Ok(record) = b.store.read_frame(off) else {
+            continue;
+        };
+        let Ok(m) = decode_record(&record) else {
+            continue;
+        };
+        if m.topic != topic || m.store_timestamp < begin || m.store_timestamp > end {
+            continue;
+        }
+        let Ok(props) = Properties::parse(&m.properties) else {
+            continue;
+        };
+        let by_id = props.get(prop::UNIQ_KEY) == Some(key);
+        let by_key = props
+            .get(prop::KEYS)
+            .is_some_and(|ks| ks.split(' ').any(|k| k == key));
+        if by_id || (!unique && by_key) {
+            body.extend_from_slice(&record);
+            found += 1;
+        }
+    }
+    if found == 0 {
+        return Err(fail(
+            response_code::QUERY_NOT_FOUND,
+            format!("no message of topic `{topic}` has key `{key}`"),
+        ));
+    }
+    Ok(ok()
+        .with_field("indexLastUpdateTimestamp", crate::store::now_ms().to_string())
+        .with_field("indexLastUpdatePhyoffset", b.store.log_end().to_string())
+        .with_body(body.freeze()))
 }
 
 pub(super) async fn view_message_by_id(

@@ -291,6 +291,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         admin::update_and_create_topic_list
     );
     route!(rc::VIEW_MESSAGE_BY_ID, admin::view_message_by_id);
+    route!(rc::QUERY_MESSAGE, admin::query_message);
     route!(rc::HEART_BEAT, admin::heart_beat);
     route!(rc::UNREGISTER_CLIENT, admin::unregister_client);
     route!(

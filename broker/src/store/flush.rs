@@ -238,6 +238,11 @@ pub(super) fn sync_loop(sh: Arc<Shared>) {
             }
         }
         let last = sh.flusher_done.load(std::sync::atomic::Ordering::SeqCst);
+        // Index entries go to the page cache every tick, so at most a tick of them is held in
+        // memory (the checkpoint makes them durable).
+        if let Err(e) = sh.index.flush() {
+            tracing::error!(error = %e, "key index write failed");
+        }
         if let FlushMode::Async { interval } = sh.cfg.flush
             && (last_sync.elapsed() >= interval
                 || last
@@ -258,6 +263,9 @@ pub(super) fn sync_loop(sh: Arc<Shared>) {
             if let Err(e) = checkpoint_now(&sh) {
                 tracing::error!(error = %e, "checkpoint failed");
             }
+            // The second's buffers (queue tails, index entries, write batches) were freed:
+            // hand their pages back, so resident memory follows what is live.
+            rdmq_transport::heap::release_free_memory();
             if let Err(e) = retention::enforce_shared(&sh) {
                 tracing::error!(error = %e, "retention failed");
             }

@@ -75,7 +75,8 @@ struct Sealed {
 struct Active {
     first_phys: u64,
     file: Arc<File>,
-    slots: Vec<u32>,
+    /// Shared only once the file is full (its flush writes them while lookups read them).
+    slots: Arc<Vec<u32>>,
     /// Entries in the file or in `pending`.
     count: u32,
     /// Entries written to the file.
@@ -95,7 +96,7 @@ impl Active {
         Ok(Active {
             first_phys,
             file: Arc::new(file),
-            slots: vec![0; slots as usize],
+            slots: Arc::new(vec![0; slots as usize]),
             count: 0,
             written: 0,
             pending: Vec::new(),
@@ -106,7 +107,8 @@ impl Active {
         let slot = (hash % self.slots.len() as u64) as usize;
         encode_entry(&mut self.pending, hash, phys, self.slots[slot]);
         self.count += 1;
-        self.slots[slot] = self.count;
+        // Unique while the file takes entries: no copy.
+        Arc::make_mut(&mut self.slots)[slot] = self.count;
     }
 
     fn entry(&self, n: u32) -> Option<(u64, u64, u32)> {
@@ -388,11 +390,7 @@ impl KeyIndex {
                 )
             };
             file.write_all_at(&pending, entries_at(slots) + u64::from(written) * ENTRY)?;
-            let mut raw = Vec::with_capacity(table.len() * 4);
-            for s in &table {
-                raw.extend_from_slice(&s.to_be_bytes());
-            }
-            file.write_all_at(&raw, HEADER)?;
+            write_slots(&file, &table)?;
             file.sync_data()?;
             file.write_all_at(&header(slots, count, true), 0)?;
             let mut st = self.state.lock().or_abort("the key index");
@@ -489,7 +487,7 @@ fn rebuild(file: File, first_phys: u64, slots: u32, checkpoint: u64) -> io::Resu
     let mut a = Active {
         first_phys,
         file: Arc::new(file),
-        slots: vec![0; slots as usize],
+        slots: Arc::new(vec![0; slots as usize]),
         count: 0,
         written: 0,
         pending: Vec::new(),
@@ -519,13 +517,22 @@ fn rebuild(file: File, first_phys: u64, slots: u32, checkpoint: u64) -> io::Resu
     Ok(a)
 }
 
+/// Writes a slot table, 64 KiB at a time.
+fn write_slots(file: &File, slots: &[u32]) -> io::Result<()> {
+    let mut raw = Vec::with_capacity(64 << 10);
+    for (i, chunk) in slots.chunks(16 << 10).enumerate() {
+        raw.clear();
+        for s in chunk {
+            raw.extend_from_slice(&s.to_be_bytes());
+        }
+        file.write_all_at(&raw, HEADER + (i as u64) * (64 << 10))?;
+    }
+    Ok(())
+}
+
 /// Writes a rebuilt file's slots and seals it (on open, for files that are no longer newest).
 fn seal(a: Active) -> io::Result<Sealed> {
-    let mut raw = Vec::with_capacity(a.slots.len() * 4);
-    for s in &a.slots {
-        raw.extend_from_slice(&s.to_be_bytes());
-    }
-    a.file.write_all_at(&raw, HEADER)?;
+    write_slots(&a.file, &a.slots)?;
     a.file.sync_data()?;
     a.file
         .write_all_at(&header(a.slots.len() as u32, a.count, true), 0)?;

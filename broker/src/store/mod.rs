@@ -232,7 +232,7 @@ pub(crate) struct Shared {
     offsets: Mutex<Offsets>,
     offsets_dirty: std::sync::atomic::AtomicBool,
     /// Long polls woken by an arrival signal.
-    poll_wakeups: std::sync::atomic::AtomicU64,
+    poll_wakeups: Arc<std::sync::atomic::AtomicU64>,
     /// The checkpoint last written (an idle store writes none).
     last_checkpoint: Mutex<Checkpoint>,
 }
@@ -709,6 +709,12 @@ impl Store {
         self.shared
             .poll_wakeups
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The counter behind [`Store::poll_wakeups`], for a metrics collector that must not keep
+    /// the store alive.
+    pub fn poll_wakeup_counter(&self) -> std::sync::Weak<std::sync::atomic::AtomicU64> {
+        Arc::downgrade(&self.shared.poll_wakeups)
     }
 
     // ----- consumer offsets ---------------------------------------------------------------------

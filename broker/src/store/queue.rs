@@ -418,12 +418,10 @@ impl ConsumeQueue {
                 None
             }
         };
+        // What arrived during the write moves to a buffer of its own size: a queue's memory
+        // follows its current second, not its busiest one.
         let written = (end - start) as usize;
-        d.tail.drain(..written);
-        let keep = d.tail.len().max(64);
-        if d.tail.capacity() > 4 * keep {
-            d.tail.shrink_to(keep);
-        }
+        d.tail = d.tail.split_off(written);
         d.in_file = end;
         Ok(true)
     }
