@@ -65,6 +65,13 @@ cargo test --workspace
 log "headline smoke (rdmq-bench headline --smoke)"
 cargo run -q -p rdmq-bench -- headline --smoke --out "${CARGO_TARGET_DIR:-target}/headline-smoke"
 
+# --- the store at scale: 5 M messages over 1,000 topics x 8 queues on a broker process ---------
+# RSS growth per million after warm-up, sampled reads and lookups, a 5,000-topic burst, 10,000
+# idle long polls (about 90 s; about 2.5 GB of disk, removed after). The 50 M run is
+# scripts/scale-long.sh.
+log "store scale gate (rdmq-bench scale --gate)"
+cargo run -q -p rdmq-bench -- scale --gate --dir "${CARGO_TARGET_DIR:-target}/scale-gate"
+
 # --- the stateless proxy: no embedded broker, no rdma-sim, no ibverbs --------------------------
 # Its dependency tree must hold neither the broker (store) nor the simulator, and it must serve
 # clients against a separately started rdmq-broker (tests/standalone.rs). This replaces

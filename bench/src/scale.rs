@@ -14,8 +14,9 @@
 //! 5. **Restart** (`--restart`): clean stop and restart, SIGKILL and restart (times), samples
 //!    again.
 //!
-//! With `--gate`, the run fails when RSS growth exceeds `--max-growth-mib`, a sample is wrong,
-//! the burst takes more than 3 s, or idle polls are woken.
+//! With `--gate`, the run fails when RSS growth exceeds `--max-growth-mib` (or the end's
+//! `--max-rss-mib`), a sample is wrong, the burst takes more than 3 s, idle polls are woken, or
+//! a restart takes longer than `--max-restart-s` / `--max-kill-restart-s`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,6 +75,15 @@ pub struct Flags {
     /// RSS growth allowed after warm-up, MiB per million messages (with --gate)
     #[arg(long, default_value_t = 2.0)]
     pub max_growth_mib: f64,
+    /// Anonymous RSS allowed at the end of the load, MiB (with --gate)
+    #[arg(long, default_value_t = 300.0)]
+    pub max_rss_mib: f64,
+    /// Start after a clean stop allowed, seconds (with --gate and --restart)
+    #[arg(long, default_value_t = 5.0)]
+    pub max_restart_s: f64,
+    /// Start after SIGKILL allowed, seconds (with --gate and --restart)
+    #[arg(long, default_value_t = 15.0)]
+    pub max_kill_restart_s: f64,
     /// Store directory (emptied first, removed after unless --keep)
     #[arg(long, default_value = "target/scale-bench")]
     pub dir: PathBuf,
@@ -456,6 +466,9 @@ async fn run(f: &Flags) -> Result<(), String> {
     if growth > f.max_growth_mib {
         failures.push(format!("RSS grew {growth:.2} MiB per million messages"));
     }
+    if mib(anon) > f.max_rss_mib {
+        failures.push(format!("RssAnon {:.1} MiB at the end", mib(anon)));
+    }
     println!("  store directory: {:.2} GiB", dir_bytes(&f.dir.join("store")) as f64 / (1u64 << 30) as f64);
 
     // 2. Samples.
@@ -560,6 +573,9 @@ async fn run(f: &Flags) -> Result<(), String> {
         let mut started = Duration::ZERO;
         b = start_broker(&f.dir, &mut started)?;
         println!("restart: clean stop {stop_s:.2} s, start after a clean stop {:.2} s", started.as_secs_f64());
+        if started.as_secs_f64() > f.max_restart_s {
+            failures.push(format!("start after a clean stop took {:.2} s", started.as_secs_f64()));
+        }
         failures.extend(check_samples(f, c, &b.endpoint, 0x2545_F491_4F6C_DD1D).await?);
         // SIGKILL under load.
         let mut set = tokio::task::JoinSet::new();
@@ -574,6 +590,9 @@ async fn run(f: &Flags) -> Result<(), String> {
         let mut started = Duration::ZERO;
         b = start_broker(&f.dir, &mut started)?;
         println!("restart: start after SIGKILL {:.2} s", started.as_secs_f64());
+        if started.as_secs_f64() > f.max_kill_restart_s {
+            failures.push(format!("start after SIGKILL took {:.2} s", started.as_secs_f64()));
+        }
         failures.extend(check_samples(f, c, &b.endpoint, 0x1234_5678_9ABC_DEF1).await?);
         let (anon, hwm) = memory(b.proc.pid());
         println!("  after restart: RssAnon {:.1} MiB, VmHWM {:.1} MiB", mib(anon), mib(hwm));

@@ -184,7 +184,10 @@ pub struct PopResult {
     pub rest: i64,
 }
 
-const SNAPSHOT: &str = "snapshot.json";
+/// The binary snapshot ([`PopState::encode_snapshot`]).
+const SNAPSHOT: &str = "snapshot.bin";
+/// The previous release's JSON snapshot: read when no binary one exists, removed once one does.
+const SNAPSHOT_JSON: &str = "snapshot.json";
 const GROUPS: &str = "groups.json";
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 const SNAPSHOT_RECORDS: i64 = 50_000;
@@ -252,8 +255,21 @@ impl PopService {
     pub fn start(store: Store, dir: &Path, cfg: PopConfig) -> Result<PopService, StoreError> {
         std::fs::create_dir_all(dir)?;
         store.ensure_system_topic(POP_LOG_TOPIC, 1)?;
-        let snapshot: Snapshot = meta::load_json(dir, SNAPSHOT)?.unwrap_or_default();
-        let mut state = PopState::from_snapshot(snapshot);
+        let mut state = match std::fs::read(dir.join(SNAPSHOT)) {
+            Ok(bytes) => match PopState::decode_snapshot(&bytes) {
+                Ok(st) => st,
+                Err(e) => {
+                    // The pop log holds every change: replay all of it that is left.
+                    tracing::error!(error = %e, "pop snapshot unreadable; replaying the whole pop log");
+                    PopState::default()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let old: Snapshot = meta::load_json(dir, SNAPSHOT_JSON)?.unwrap_or_default();
+                PopState::from_snapshot(old)
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut replayed = 0u64;
         if let Some(q) = store.queue(POP_LOG_TOPIC, 0) {
             if state.log_offset < q.min_offset() {

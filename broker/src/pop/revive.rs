@@ -167,14 +167,20 @@ impl Inner {
 
     /// Writes a snapshot of everything logged and written so far; returns its log offset.
     async fn save_snapshot(&self) -> Result<i64, StoreError> {
-        let (snap, end) = {
+        // Encoded under the lock straight from the live state (no deep copy); written outside.
+        let (bytes, at, end) = {
             let st = self.lock_state();
-            (st.snapshot(), self.store.log_end())
+            (st.encode_snapshot(), st.log_offset, self.store.log_end())
         };
         // Everything the snapshot reflects must be in the log before the snapshot exists.
         self.store.wait_stored(end, WAIT).await?;
-        meta::save_json(&self.dir, SNAPSHOT, &snap)?;
-        Ok(snap.log_offset)
+        // The revive thread's own: no runtime thread waits for this write.
+        meta::save_bytes(&self.dir, SNAPSHOT, &bytes)?;
+        match std::fs::remove_file(self.dir.join(SNAPSHOT_JSON)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        Ok(at)
     }
 }
 

@@ -401,7 +401,7 @@ impl KeyIndex {
                 slots,
             });
         }
-        let (file, slots, from, pending) = {
+        let (first, file, slots, from, pending) = {
             let st = self.state.lock().or_abort("the key index");
             let Some(a) = st.active.as_ref() else {
                 return Ok(());
@@ -410,6 +410,7 @@ impl KeyIndex {
                 return Ok(());
             }
             (
+                a.first_phys,
                 a.file.clone(),
                 a.slots.len() as u32,
                 a.written,
@@ -419,10 +420,15 @@ impl KeyIndex {
         // Entries stay readable from `pending` until the write is done.
         file.write_all_at(&pending, entries_at(slots) + u64::from(from) * ENTRY)?;
         let mut st = self.state.lock().or_abort("the key index");
-        let a = st
-            .active
-            .as_mut()
-            .expect("only flush retires the active file");
+        let IndexState {
+            active, sealing, ..
+        } = &mut *st;
+        // The file may have filled up meanwhile: it is then among those to seal.
+        let a = active
+            .iter_mut()
+            .chain(sealing.iter_mut())
+            .find(|a| a.first_phys == first)
+            .expect("only flush retires index files");
         a.pending.drain(..pending.len());
         if a.pending.capacity() > (1 << 20) && a.pending.len() < a.pending.capacity() / 4 {
             a.pending.shrink_to(a.pending.len().max(1 << 16));
@@ -595,6 +601,32 @@ mod tests {
         got.sort();
         assert_eq!(got, vec![1005, 1305]);
         assert_eq!(idx.lookup("old7"), vec![70]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_fills_while_its_entries_are_written_is_sealed_whole() {
+        let dir = tmp();
+        let idx = std::sync::Arc::new(KeyIndex::open_sized(&dir, u64::MAX, 16, 50).unwrap());
+        let writer = {
+            let idx = idx.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000u64 {
+                    idx.add(&format!("key{}", i % 40), i).unwrap();
+                }
+            })
+        };
+        while !writer.is_finished() {
+            idx.flush().unwrap();
+        }
+        writer.join().unwrap();
+        idx.flush().unwrap();
+        idx.flush().unwrap();
+        let expect: Vec<u64> = (0..20_000).filter(|i| i % 40 == 7).rev().collect();
+        assert_eq!(idx.lookup("key7"), expect);
+        drop(idx);
+        let idx = KeyIndex::open_sized(&dir, u64::MAX, 16, 50).unwrap();
+        assert_eq!(idx.lookup("key7"), expect);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

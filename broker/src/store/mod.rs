@@ -226,7 +226,7 @@ pub(crate) struct Shared {
     index: KeyIndex,
     written: Watermark,
     durable: Watermark,
-    topics: Mutex<HashMap<String, TopicConfig>>,
+    topics: std::sync::RwLock<HashMap<String, TopicConfig>>,
     /// Orders the writes of `topics` (concurrent creations share one write).
     topics_gate: meta::SaveGate,
     offsets: Mutex<Offsets>,
@@ -280,7 +280,7 @@ impl Store {
     pub fn topic(&self, name: &str) -> Option<TopicConfig> {
         self.shared
             .topics
-            .lock()
+            .read()
             .or_abort("store state")
             .get(name)
             .cloned()
@@ -291,7 +291,7 @@ impl Store {
         let mut v: Vec<_> = self
             .shared
             .topics
-            .lock()
+            .read()
             .or_abort("store state")
             .values()
             .cloned()
@@ -363,7 +363,7 @@ impl Store {
         // Applied in memory under the lock; written to disk outside it, so sends to other
         // topics never wait for this fsync.
         let generation = {
-            let mut map = self.shared.topics.lock().or_abort("store state");
+            let mut map = self.shared.topics.write().or_abort("store state");
             for t in topics {
                 map.insert(t.name.clone(), t);
             }
@@ -372,7 +372,7 @@ impl Store {
         self.shared.topics_gate.persist(
             generation,
             || {
-                let map = self.shared.topics.lock().or_abort("store state");
+                let map = self.shared.topics.read().or_abort("store state");
                 let mut all: Vec<TopicConfig> = map.values().cloned().collect();
                 all.sort_by(|a, b| a.name.cmp(&b.name));
                 all
@@ -488,7 +488,7 @@ impl Store {
     fn topic_queues(&self, topic: &str) -> Option<u32> {
         self.shared
             .topics
-            .lock()
+            .read()
             .or_abort("store state")
             .get(topic)
             .map(TopicConfig::queues)

@@ -66,7 +66,7 @@ pub(super) fn enforce_shared(sh: &Shared) -> Result<usize, StoreError> {
     // Per-topic limits: reads proportional to what is trimmed, not to what is kept.
     let topics: Vec<_> = sh
         .topics
-        .lock()
+        .read()
         .or_abort("retention state")
         .values()
         .filter(|t| t.retention_ms.is_some() || t.retention_bytes.is_some())
