@@ -48,6 +48,10 @@ enum Cmd {
     /// The store at scale on a broker process of its own: RSS per million messages, sampled
     /// reads and lookups, a topic burst, idle long polls, restarts (see `rdmq-bench scale --help`)
     Scale,
+    /// Pop at scale in process: --messages (default 1,000,000) over --topics (default 1250) × 8
+    /// queues all in flight, half acked in batches, then a restart: its time and what survived
+    #[command(name = "pop-scale")]
+    PopScale,
 }
 
 /// Flags the benchmarks share (each also from `RDMQ_BENCH_<FLAG>`).
@@ -111,7 +115,7 @@ fn parse_args(argv: &[String]) -> Result<Args, clap::Error> {
         Cmd::E2e(c) => ("e2e", c),
         Cmd::Timers(c) => ("timers", c),
         Cmd::Hostile(c) => ("hostile", c),
-        Cmd::Headline(_) | Cmd::Scale => unreachable!("headline and scale are dispatched before"),
+        Cmd::Headline(_) | Cmd::Scale | Cmd::PopScale => unreachable!("headline and scale are dispatched before"),
     };
     // Store appends are cheap: a longer default run for stable numbers.
     let iterations = c.iterations.unwrap_or(match command {
@@ -595,6 +599,7 @@ fn main() -> ExitCode {
     match argv.first().map(String::as_str) {
         Some("headline") => return rdmq_bench::headline::cli::main(&argv[1..]),
         Some("scale") => return rdmq_bench::scale::main(&argv[1..]),
+        Some("pop-scale") => return rdmq_bench::pop::pop_scale_main(&argv[1..]),
         Some("loadgen") => return rdmq_bench::headline::loadgen::main(&argv[1..]),
         Some("echo-peer") => return rdmq_bench::crossproc::peer_main(&argv[1..]),
         Some("wake-peer") => return rdmq_bench::wakefloor::peer_main(),

@@ -291,3 +291,257 @@ pub fn quantile(sorted: &[i64], p: f64) -> i64 {
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
+
+/// `rdmq-bench pop-scale`: `messages` of 128 B spread over `topics` × 8 queues, all popped
+/// (in flight at once, invisible for an hour), half of them acked with batch acks; then the
+/// pop state is closed and reopened (clean restart, timed) and checked: what was acked is not
+/// delivered again, every unacked delivery is still in flight and its handle still acks, an
+/// acked handle is refused.
+pub fn pop_scale_main(argv: &[String]) -> std::process::ExitCode {
+    let num = |flag: &str, default: u64| {
+        argv.iter()
+            .position(|a| a == flag)
+            .and_then(|i| argv.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let dir = argv
+        .iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| argv.get(i + 1))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "target/pop-scale".into());
+    match run_pop_scale(&dir, num("--messages", 1_000_000), num("--topics", 1250)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rdmq-bench pop-scale: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn scale_topic(t: u64) -> String {
+    format!("pop-scale-{t:05}")
+}
+
+fn open_pop(dir: &Path) -> Result<(Store, PopService), String> {
+    let cfg = StoreConfig {
+        flush: FlushMode::Async {
+            interval: Duration::from_millis(200),
+        },
+        segment_size: 256 << 20,
+        min_free_bytes: 0,
+        ..StoreConfig::new(dir)
+    };
+    let store = Store::open(cfg).map_err(|e| e.to_string())?;
+    let pop = PopService::start(
+        store.clone(),
+        &dir.join("pop"),
+        PopConfig {
+            initial: rdmq_broker::pop::InitialOffset::First,
+            ..PopConfig::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((store, pop))
+}
+
+fn vm_hwm_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn run_pop_scale(dir: &Path, messages: u64, topics: u64) -> Result<(), String> {
+    const Q: u64 = 8;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (store, pop) = open_pop(dir)?;
+    let names: Vec<String> = (0..topics).map(scale_topic).collect();
+    store
+        .put_topics(names.iter().map(|n| TopicConfig::new(n, Q as u32)).collect())
+        .map_err(|e| e.to_string())?;
+    let per_queue = messages.div_ceil(topics * Q);
+    let t = Instant::now();
+    rt.block_on(async {
+        for (ti, name) in names.iter().enumerate() {
+            for q in 0..Q {
+                let chunk: Vec<NewMessage> = (0..per_queue)
+                    .map(|k| {
+                        let id = (ti as u64 * Q + q) * per_queue + k;
+                        let mut m = message(q as i32, format!("UNIQ_KEY\u{1}{id}\u{2}"), Bytes::from(vec![7u8; 128]));
+                        m.topic = name.clone();
+                        m
+                    })
+                    .collect();
+                store.put(&chunk).await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok::<_, String>(())
+    })?;
+    let total = per_queue * topics * Q;
+    println!(
+        "pop-scale: {total} messages of 128 B over {topics} topics × {Q} queues ({} queues) stored in {:.1} s",
+        topics * Q,
+        t.elapsed().as_secs_f64()
+    );
+    let id_of = |p: &rdmq_broker::pop::Popped| -> u64 {
+        message::decode_record(&p.record)
+            .ok()
+            .and_then(|m| Properties::parse(&m.properties).ok()?.get("UNIQ_KEY")?.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    // Pop everything: all of it in flight at once.
+    let pop = Arc::new(pop);
+    let t = Instant::now();
+    let cpu0 = process_cpu_time();
+    let handles: Vec<(u64, String)> = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..16u64 {
+            let (pop, names) = (pop.clone(), names.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                for name in names.iter().skip(c as usize).step_by(16) {
+                    loop {
+                        let r = pop
+                            .pop(&PopRequest {
+                                group: "scale-group".into(),
+                                topic: name.clone(),
+                                queue: -1,
+                                max: 32,
+                                invisible_ms: 3_600_000,
+                                poll: Duration::ZERO,
+                                filter: TagFilter::parse("*"),
+                                fifo: false,
+                            })
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if r.messages.is_empty() {
+                            break;
+                        }
+                        got.extend(r.messages.iter().map(|p| (id_of(p), p.handle.to_string())));
+                    }
+                }
+                Ok::<_, String>(got)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.map_err(|e| e.to_string())??);
+        }
+        Ok::<_, String>(all)
+    })?;
+    let pop_s = t.elapsed().as_secs_f64();
+    let pop_cpu = (process_cpu_time() - cpu0).as_secs_f64();
+    let mut ids: Vec<u64> = handles.iter().map(|h| h.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() as u64 != total || handles.len() as u64 != total {
+        return Err(format!("popped {} ({} distinct) of {total}", handles.len(), ids.len()));
+    }
+    println!(
+        "  pop: {total} in flight after {:.1} s ({:.0} msg/s, {:.2} cores), pop service in flight {}, VmHWM {:.0} MiB",
+        pop_s,
+        total as f64 / pop_s,
+        pop_cpu / pop_s,
+        pop.in_flight(),
+        vm_hwm_mib()
+    );
+    // Ack every other one, 32 per batch.
+    let (acked, kept): (Vec<_>, Vec<_>) = handles.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let t = Instant::now();
+    let cpu0 = process_cpu_time();
+    rt.block_on(async {
+        for chunk in acked.chunks(32) {
+            let hs: Vec<String> = chunk.iter().map(|(_, h)| h.1.clone()).collect();
+            for r in pop.ack_batch("scale-group", &hs).await {
+                r.map_err(|e| format!("ack: {e}"))?;
+            }
+        }
+        Ok::<_, String>(())
+    })?;
+    let ack_s = t.elapsed().as_secs_f64();
+    println!(
+        "  ack: {} acked in batches of 32 in {:.1} s ({:.0} msg/s, {:.2} cores); in flight {}",
+        acked.len(),
+        ack_s,
+        acked.len() as f64 / ack_s,
+        (process_cpu_time() - cpu0).as_secs_f64() / ack_s,
+        pop.in_flight()
+    );
+    // Clean restart.
+    let t = Instant::now();
+    pop.shutdown();
+    store.shutdown();
+    drop(pop);
+    drop(store);
+    let stop_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let (store, pop) = open_pop(dir)?;
+    let start_s = t.elapsed().as_secs_f64();
+    let in_flight = pop.in_flight();
+    println!(
+        "  restart: stop {stop_s:.2} s, start {start_s:.2} s; in flight after {in_flight} (expected {})",
+        kept.len()
+    );
+    let mut bad = Vec::new();
+    if in_flight != kept.len() {
+        bad.push(format!("{in_flight} in flight after the restart, {} expected", kept.len()));
+    }
+    rt.block_on(async {
+        // Nothing is delivered again: acked ones are done, the rest still invisible.
+        for name in names.iter().step_by((topics as usize / 50).max(1)) {
+            let r = pop
+                .pop(&PopRequest {
+                    group: "scale-group".into(),
+                    topic: name.clone(),
+                    queue: -1,
+                    max: 32,
+                    invisible_ms: 60_000,
+                    poll: Duration::ZERO,
+                    filter: TagFilter::parse("*"),
+                    fifo: false,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if !r.messages.is_empty() {
+                bad.push(format!("{} delivered again from {name} after the restart", r.messages.len()));
+            }
+        }
+        // Every unacked delivery survived: its handle acks.
+        let mut failed = 0;
+        for chunk in kept.chunks(32) {
+            let hs: Vec<String> = chunk.iter().map(|(_, h)| h.1.clone()).collect();
+            failed += pop.ack_batch("scale-group", &hs).await.iter().filter(|r| r.is_err()).count();
+        }
+        if failed > 0 {
+            bad.push(format!("{failed} unacked handles no longer ack after the restart"));
+        }
+        // An acked handle stays acked.
+        let again: Vec<String> = acked.iter().take(100).map(|(_, h)| h.1.clone()).collect();
+        let refused = pop.ack_batch("scale-group", &again).await.iter().filter(|r| r.is_err()).count();
+        if refused != again.len() {
+            bad.push(format!("{} of {} acked handles acked again", again.len() - refused, again.len()));
+        }
+        Ok::<_, String>(())
+    })?;
+    println!(
+        "  after the restart: nothing delivered again, {} unacked handles acked, in flight {}: {}",
+        kept.len(),
+        pop.in_flight(),
+        if bad.is_empty() { "correct".to_owned() } else { bad.join("; ") }
+    );
+    pop.shutdown();
+    store.shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+    if bad.is_empty() { Ok(()) } else { Err(bad.join("; ")) }
+}

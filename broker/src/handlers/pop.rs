@@ -137,16 +137,20 @@ pub(super) async fn batch_ack(b: &Broker, req: Request) -> Result<RemotingComman
             ),
         ));
     }
-    let mut results = Vec::with_capacity(batch.receipt_handles.len());
-    for h in &batch.receipt_handles {
-        results.push(match b.pop.ack(&batch.consumer_group, h).await {
+    // One pop-log append and one durability wait for the whole batch.
+    let results: Vec<serde_json::Value> = b
+        .pop
+        .ack_batch(&batch.consumer_group, &batch.receipt_handles)
+        .await
+        .into_iter()
+        .map(|r| match r {
             Ok(()) => serde_json::json!({ "code": response_code::SUCCESS }),
             Err(e) => {
                 let r = pop_failure(e);
                 serde_json::json!({ "code": r.code, "remark": r.remark })
             }
-        });
-    }
+        })
+        .collect();
     Ok(ok().with_body(
         serde_json::json!({ "results": results })
             .to_string()

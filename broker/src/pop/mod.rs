@@ -454,6 +454,58 @@ impl PopService {
         Ok(())
     }
 
+    /// Acknowledges many handles of `group` with one pop-log append and one wait for its
+    /// durability; one result per handle, in order (a bad handle fails alone).
+    pub async fn ack_batch(&self, group: &str, handles: &[String]) -> Vec<Result<(), PopError>> {
+        let inner = &self.inner;
+        let mut results: Vec<Result<(), PopError>> = Vec::with_capacity(handles.len());
+        let mut records = Vec::new();
+        let mut topics: Vec<String> = Vec::new();
+        let logged = {
+            let mut st = inner.lock_state();
+            let now = now_ms();
+            for handle in handles {
+                let checked = inner
+                    .check_handle(group, handle)
+                    .and_then(|(h, key)| inner.current(&st, &key, &h, now).map(|_| (h, key)));
+                match checked {
+                    Ok((h, key)) => {
+                        if !topics.contains(&h.topic) {
+                            topics.push(h.topic.clone());
+                        }
+                        records.push(PopRecord::Ack {
+                            key,
+                            offset: h.offset,
+                            seq: h.seq,
+                        });
+                        results.push(Ok(()));
+                    }
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+            if records.is_empty() {
+                Ok(0)
+            } else {
+                inner.log(&mut st, Vec::new(), &records)
+            }
+        };
+        let stored = match logged {
+            Ok(0) => Ok(()),
+            Ok(end) => inner.store.wait_stored(end, WAIT).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(PopError::Store(e.clone()));
+            }
+            return results;
+        }
+        for t in &topics {
+            inner.store.topic_arrival(t).notify_waiters();
+        }
+        results
+    }
+
     /// Gives the message of `handle` a new invisible time from now; returns the new handle
     /// (the old one stops working).
     pub async fn change_invisible(
