@@ -115,7 +115,9 @@ fn parse_args(argv: &[String]) -> Result<Args, clap::Error> {
         Cmd::E2e(c) => ("e2e", c),
         Cmd::Timers(c) => ("timers", c),
         Cmd::Hostile(c) => ("hostile", c),
-        Cmd::Headline(_) | Cmd::Scale | Cmd::PopScale => unreachable!("headline and scale are dispatched before"),
+        Cmd::Headline(_) | Cmd::Scale | Cmd::PopScale => {
+            unreachable!("headline and scale are dispatched before")
+        }
     };
     // Store appends are cheap: a longer default run for stable numbers.
     let iterations = c.iterations.unwrap_or(match command {

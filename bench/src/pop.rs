@@ -368,7 +368,12 @@ fn run_pop_scale(dir: &Path, messages: u64, topics: u64) -> Result<(), String> {
     let (store, pop) = open_pop(dir)?;
     let names: Vec<String> = (0..topics).map(scale_topic).collect();
     store
-        .put_topics(names.iter().map(|n| TopicConfig::new(n, Q as u32)).collect())
+        .put_topics(
+            names
+                .iter()
+                .map(|n| TopicConfig::new(n, Q as u32))
+                .collect(),
+        )
         .map_err(|e| e.to_string())?;
     let per_queue = messages.div_ceil(topics * Q);
     let t = Instant::now();
@@ -378,7 +383,11 @@ fn run_pop_scale(dir: &Path, messages: u64, topics: u64) -> Result<(), String> {
                 let chunk: Vec<NewMessage> = (0..per_queue)
                     .map(|k| {
                         let id = (ti as u64 * Q + q) * per_queue + k;
-                        let mut m = message(q as i32, format!("UNIQ_KEY\u{1}{id}\u{2}"), Bytes::from(vec![7u8; 128]));
+                        let mut m = message(
+                            q as i32,
+                            format!("UNIQ_KEY\u{1}{id}\u{2}"),
+                            Bytes::from(vec![7u8; 128]),
+                        );
                         m.topic = name.clone();
                         m
                     })
@@ -397,7 +406,13 @@ fn run_pop_scale(dir: &Path, messages: u64, topics: u64) -> Result<(), String> {
     let id_of = |p: &rdmq_broker::pop::Popped| -> u64 {
         message::decode_record(&p.record)
             .ok()
-            .and_then(|m| Properties::parse(&m.properties).ok()?.get("UNIQ_KEY")?.parse().ok())
+            .and_then(|m| {
+                Properties::parse(&m.properties)
+                    .ok()?
+                    .get("UNIQ_KEY")?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(u64::MAX)
     };
     // Pop everything: all of it in flight at once.
@@ -446,7 +461,11 @@ fn run_pop_scale(dir: &Path, messages: u64, topics: u64) -> Result<(), String> {
     ids.sort_unstable();
     ids.dedup();
     if ids.len() as u64 != total || handles.len() as u64 != total {
-        return Err(format!("popped {} ({} distinct) of {total}", handles.len(), ids.len()));
+        return Err(format!(
+            "popped {} ({} distinct) of {total}",
+            handles.len(),
+            ids.len()
+        ));
     }
     println!(
         "  pop: {total} in flight after {:.1} s ({:.0} msg/s, {:.2} cores), pop service in flight {}, VmHWM {:.0} MiB",
@@ -495,7 +514,10 @@ fn run_pop_scale(dir: &Path, messages: u64, topics: u64) -> Result<(), String> {
     );
     let mut bad = Vec::new();
     if in_flight != kept.len() {
-        bad.push(format!("{in_flight} in flight after the restart, {} expected", kept.len()));
+        bad.push(format!(
+            "{in_flight} in flight after the restart, {} expected",
+            kept.len()
+        ));
     }
     rt.block_on(async {
         // Nothing is delivered again: acked ones are done, the rest still invisible.
@@ -514,23 +536,42 @@ fn run_pop_scale(dir: &Path, messages: u64, topics: u64) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             if !r.messages.is_empty() {
-                bad.push(format!("{} delivered again from {name} after the restart", r.messages.len()));
+                bad.push(format!(
+                    "{} delivered again from {name} after the restart",
+                    r.messages.len()
+                ));
             }
         }
         // Every unacked delivery survived: its handle acks.
         let mut failed = 0;
         for chunk in kept.chunks(32) {
             let hs: Vec<String> = chunk.iter().map(|(_, h)| h.1.clone()).collect();
-            failed += pop.ack_batch("scale-group", &hs).await.iter().filter(|r| r.is_err()).count();
+            failed += pop
+                .ack_batch("scale-group", &hs)
+                .await
+                .iter()
+                .filter(|r| r.is_err())
+                .count();
         }
         if failed > 0 {
-            bad.push(format!("{failed} unacked handles no longer ack after the restart"));
+            bad.push(format!(
+                "{failed} unacked handles no longer ack after the restart"
+            ));
         }
         // An acked handle stays acked.
         let again: Vec<String> = acked.iter().take(100).map(|(_, h)| h.1.clone()).collect();
-        let refused = pop.ack_batch("scale-group", &again).await.iter().filter(|r| r.is_err()).count();
+        let refused = pop
+            .ack_batch("scale-group", &again)
+            .await
+            .iter()
+            .filter(|r| r.is_err())
+            .count();
         if refused != again.len() {
-            bad.push(format!("{} of {} acked handles acked again", again.len() - refused, again.len()));
+            bad.push(format!(
+                "{} of {} acked handles acked again",
+                again.len() - refused,
+                again.len()
+            ));
         }
         Ok::<_, String>(())
     })?;
@@ -538,10 +579,18 @@ fn run_pop_scale(dir: &Path, messages: u64, topics: u64) -> Result<(), String> {
         "  after the restart: nothing delivered again, {} unacked handles acked, in flight {}: {}",
         kept.len(),
         pop.in_flight(),
-        if bad.is_empty() { "correct".to_owned() } else { bad.join("; ") }
+        if bad.is_empty() {
+            "correct".to_owned()
+        } else {
+            bad.join("; ")
+        }
     );
     pop.shutdown();
     store.shutdown();
     let _ = std::fs::remove_dir_all(dir);
-    if bad.is_empty() { Ok(()) } else { Err(bad.join("; ")) }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
 }

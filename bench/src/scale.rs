@@ -34,7 +34,10 @@ use crate::headline::procs::{Proc, ProcSample};
 
 /// `rdmq-bench scale` flags.
 #[derive(Debug, clap::Parser)]
-#[command(name = "rdmq-bench scale", about = "The broker's store at scale (see module docs)")]
+#[command(
+    name = "rdmq-bench scale",
+    about = "The broker's store at scale (see module docs)"
+)]
 pub struct Flags {
     /// Messages to load
     #[arg(long, default_value_t = 5_000_000)]
@@ -95,7 +98,9 @@ pub struct Flags {
 /// Entry point of `rdmq-bench scale`.
 pub fn main(argv: &[String]) -> ExitCode {
     use clap::Parser;
-    let flags = match Flags::try_parse_from(std::iter::once("scale".to_owned()).chain(argv.iter().cloned())) {
+    let flags = match Flags::try_parse_from(
+        std::iter::once("scale".to_owned()).chain(argv.iter().cloned()),
+    ) {
         Ok(f) => f,
         Err(e) => {
             let _ = e.print();
@@ -186,7 +191,9 @@ fn start_broker(dir: &Path, started: &mut Duration) -> Result<Broker, String> {
     let (exe, args) = match std::env::var("RDMQ_SCALE_WRAP") {
         Ok(w) if !w.is_empty() => (
             PathBuf::from(w),
-            std::iter::once(exe.display().to_string()).chain(args).collect(),
+            std::iter::once(exe.display().to_string())
+                .chain(args)
+                .collect(),
         ),
         _ => (exe, args),
     };
@@ -195,7 +202,9 @@ fn start_broker(dir: &Path, started: &mut Duration) -> Result<Broker, String> {
     let metrics = metrics_addr(&proc.expect("metrics ", Duration::from_secs(120))?)?;
     let url = proc.expect("listening ", Duration::from_secs(120))?;
     *started = t.elapsed();
-    let endpoint = url.parse().map_err(|e| format!("broker url {url}: {e:?}"))?;
+    let endpoint = url
+        .parse()
+        .map_err(|e| format!("broker url {url}: {e:?}"))?;
     Ok(Broker {
         proc,
         endpoint,
@@ -221,7 +230,11 @@ fn batch_request(f: &Flags, first: u64) -> RemotingCommand {
             (
                 0,
                 body_of(i, f.body),
-                format!("KEYS\u{1}{}\u{2}UNIQ_KEY\u{1}{}\u{2}", key_of(i), uniq_of(i)),
+                format!(
+                    "KEYS\u{1}{}\u{2}UNIQ_KEY\u{1}{}\u{2}",
+                    key_of(i),
+                    uniq_of(i)
+                ),
             )
         })
         .collect();
@@ -280,7 +293,12 @@ async fn check_samples(f: &Flags, c: &Cl, ep: &Endpoint, seed: u64) -> Result<Ve
                 .unwrap_or(false)
         };
         if got.len() != 1 || got[0].body != body || !uniq_ok(&got[0]) {
-            bad.push(format!("message {i} at {}:{q}@{off}: pull answered {} ({:?})", topic_name(t), got.len(), r.remark));
+            bad.push(format!(
+                "message {i} at {}:{q}@{off}: pull answered {} ({:?})",
+                topic_name(t),
+                got.len(),
+                r.remark
+            ));
         }
         for (key, unique) in [(key_of(i), false), (uniq_of(i), true)] {
             let req = RemotingCommand::request(rc::QUERY_MESSAGE)
@@ -296,7 +314,11 @@ async fn check_samples(f: &Flags, c: &Cl, ep: &Endpoint, seed: u64) -> Result<Ve
                 .flatten()
                 .unwrap_or_default();
             if got.len() != 1 || got[0].body != body {
-                bad.push(format!("message {i}: lookup of `{key}` found {} ({:?})", got.len(), r.remark));
+                bad.push(format!(
+                    "message {i}: lookup of `{key}` found {} ({:?})",
+                    got.len(),
+                    r.remark
+                ));
             }
         }
     }
@@ -318,7 +340,9 @@ fn p99(v: &mut [f64]) -> f64 {
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
-    ProcSample::read(pid).map(|s| s.utime + s.stime).unwrap_or(0)
+    ProcSample::read(pid)
+        .map(|s| s.utime + s.stime)
+        .unwrap_or(0)
 }
 
 fn wakeups(b: &Broker) -> f64 {
@@ -329,7 +353,13 @@ fn wakeups(b: &Broker) -> f64 {
 
 /// Sends `n` single messages to `topic`:0 with a consumer long-polling that queue; returns
 /// the broker's CPU ticks and long-poll wake-ups over it.
-async fn busy_queue(c: &Cl, b: &Broker, topic: &str, n: u64, from: &mut i64) -> Result<(u64, f64), String> {
+async fn busy_queue(
+    c: &Cl,
+    b: &Broker,
+    topic: &str,
+    n: u64,
+    from: &mut i64,
+) -> Result<(u64, f64), String> {
     let (cpu0, w0) = (cpu_ticks(b.proc.pid()), wakeups(b));
     let consumer = {
         let (c, ep, topic, start) = (c.clone(), b.endpoint.clone(), topic.to_owned(), *from);
@@ -338,7 +368,10 @@ async fn busy_queue(c: &Cl, b: &Broker, topic: &str, n: u64, from: &mut i64) -> 
             while at < start + n as i64 {
                 let r = call(&c, &ep, pull(&topic, 0, at, 32, 5_000)).await?;
                 if r.code == response_code::SUCCESS {
-                    at = r.field("nextBeginOffset").and_then(|v| v.parse().ok()).unwrap_or(at);
+                    at = r
+                        .field("nextBeginOffset")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(at);
                 }
             }
             Ok::<i64, String>(at)
@@ -396,11 +429,20 @@ async fn run(f: &Flags) -> Result<(), String> {
     }
     println!(
         "scale: {} messages of {} B over {} topics × {} queues, batches of {}, {} in flight (topics created in {:.0} ms, one request)",
-        f.messages, f.body, f.topics, f.queues, f.batch, f.in_flight,
+        f.messages,
+        f.body,
+        f.topics,
+        f.queues,
+        f.batch,
+        f.in_flight,
         t.elapsed().as_secs_f64() * 1e3
     );
     let (anon0, hwm0) = memory(pid);
-    println!("  start: RssAnon {:.1} MiB, VmHWM {:.1} MiB", mib(anon0), mib(hwm0));
+    println!(
+        "  start: RssAnon {:.1} MiB, VmHWM {:.1} MiB",
+        mib(anon0),
+        mib(hwm0)
+    );
 
     // 1. Load.
     let mut warm: Option<(u64, u64)> = None;
@@ -417,7 +459,11 @@ async fn run(f: &Flags) -> Result<(), String> {
             set.spawn(async move { call(&c, &ep, req).await });
             first += f.batch;
         }
-        let r = set.join_next().await.ok_or("no request in flight")?.map_err(|e| e.to_string())??;
+        let r = set
+            .join_next()
+            .await
+            .ok_or("no request in flight")?
+            .map_err(|e| e.to_string())??;
         if r.code != response_code::SUCCESS {
             return Err(format!("send refused: {:?}", r.remark));
         }
@@ -453,7 +499,11 @@ async fn run(f: &Flags) -> Result<(), String> {
     let (anon, hwm) = memory(pid);
     let (wa, _) = warm.unwrap_or((anon0, hwm0));
     let after_m = (acked.saturating_sub(f.warmup.min(acked))) as f64 / 1e6;
-    let growth = if after_m > 0.0 { (mib(anon) - mib(wa)) / after_m } else { 0.0 };
+    let growth = if after_m > 0.0 {
+        (mib(anon) - mib(wa)) / after_m
+    } else {
+        0.0
+    };
     println!(
         "load: {acked} messages in {load_s:.1} s ({:.0} msg/s); RssAnon {:.1} MiB after warm-up ({} M) → {:.1} MiB at the end, VmHWM {:.1} MiB: growth {growth:.2} MiB per million (target ≤ {:.1})",
         acked as f64 / load_s,
@@ -469,14 +519,19 @@ async fn run(f: &Flags) -> Result<(), String> {
     if mib(anon) > f.max_rss_mib {
         failures.push(format!("RssAnon {:.1} MiB at the end", mib(anon)));
     }
-    println!("  store directory: {:.2} GiB", dir_bytes(&f.dir.join("store")) as f64 / (1u64 << 30) as f64);
+    println!(
+        "  store directory: {:.2} GiB",
+        dir_bytes(&f.dir.join("store")) as f64 / (1u64 << 30) as f64
+    );
 
     // 2. Samples.
     failures.extend(check_samples(f, c, &b.endpoint, 0x9E37_79B9_7F4A_7C15).await?);
 
     // 3. Topic burst while sends continue.
     if f.create_topics > 0 {
-        let burst: Vec<String> = (0..f.create_topics).map(|t| format!("burst-{t:05}")).collect();
+        let burst: Vec<String> = (0..f.create_topics)
+            .map(|t| format!("burst-{t:05}"))
+            .collect();
         let sender = {
             let (c, ep) = (client.clone(), b.endpoint.clone());
             tokio::spawn(async move {
@@ -491,8 +546,15 @@ async fn run(f: &Flags) -> Result<(), String> {
                         .with_field("e", "0")
                         .with_body(message::encode_batch(&entries));
                     let s = Instant::now();
-                    let ok = call(&c, &ep, req).await.map(|r| r.code == response_code::SUCCESS).unwrap_or(false);
-                    lat.push((t0.elapsed().as_secs_f64(), s.elapsed().as_secs_f64() * 1e6, ok));
+                    let ok = call(&c, &ep, req)
+                        .await
+                        .map(|r| r.code == response_code::SUCCESS)
+                        .unwrap_or(false);
+                    lat.push((
+                        t0.elapsed().as_secs_f64(),
+                        s.elapsed().as_secs_f64() * 1e6,
+                        ok,
+                    ));
                     i += 1;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
@@ -508,8 +570,16 @@ async fn run(f: &Flags) -> Result<(), String> {
             failures.push(format!("topic burst refused: {:?}", r.remark));
         }
         let start_rel = 1.5;
-        let mut before: Vec<f64> = lat.iter().filter(|l| l.0 < start_rel).map(|l| l.1).collect();
-        let mut during: Vec<f64> = lat.iter().filter(|l| l.0 >= start_rel && l.0 <= start_rel + took + 0.05).map(|l| l.1).collect();
+        let mut before: Vec<f64> = lat
+            .iter()
+            .filter(|l| l.0 < start_rel)
+            .map(|l| l.1)
+            .collect();
+        let mut during: Vec<f64> = lat
+            .iter()
+            .filter(|l| l.0 >= start_rel && l.0 <= start_rel + took + 0.05)
+            .map(|l| l.1)
+            .collect();
         let failed = lat.iter().filter(|l| !l.2).count();
         println!(
             "topic burst: {} topics created and durable in {:.0} ms (one UPDATE_AND_CREATE_TOPIC_LIST); sends to other topics p99 {:.0} µs before, {:.0} µs during ({} sends, {failed} failed)",
@@ -520,21 +590,37 @@ async fn run(f: &Flags) -> Result<(), String> {
             lat.len()
         );
         if took > 3.0 || failed > 0 {
-            failures.push(format!("topic burst took {took:.2} s, {failed} sends failed"));
+            failures.push(format!(
+                "topic burst took {took:.2} s, {failed} sends failed"
+            ));
         }
     }
 
     // 4. Idle long polls.
     if f.idle_polls > 0 {
-        let idle: Vec<String> = (0..f.idle_polls.div_ceil(2)).map(|t| format!("idle-{t:05}")).collect();
+        let idle: Vec<String> = (0..f.idle_polls.div_ceil(2))
+            .map(|t| format!("idle-{t:05}"))
+            .collect();
         let r = call(c, &b.endpoint, topic_list(&idle, 2)).await?;
         if r.code != response_code::SUCCESS {
             return Err(format!("idle topics refused: {:?}", r.remark));
         }
         let busy = topic_name(0);
         let (_, max) = {
-            let r = call(c, &b.endpoint, RemotingCommand::request(rc::GET_MAX_OFFSET).with_field("topic", busy.as_str()).with_field("queueId", "0")).await?;
-            ((), r.field("offset").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0))
+            let r = call(
+                c,
+                &b.endpoint,
+                RemotingCommand::request(rc::GET_MAX_OFFSET)
+                    .with_field("topic", busy.as_str())
+                    .with_field("queueId", "0"),
+            )
+            .await?;
+            (
+                (),
+                r.field("offset")
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0),
+            )
         };
         let mut from = max;
         let n = 5_000;
@@ -559,7 +645,9 @@ async fn run(f: &Flags) -> Result<(), String> {
         // (≈ polls × arrivals); per-queue signals leave them asleep, so the busy consumer's
         // wake-ups are all there is, give or take its timing.
         if w_b > w_a + (f.idle_polls as f64 / 10.0) {
-            failures.push(format!("idle long polls were woken: {w_b:.0} wake-ups against {w_a:.0}"));
+            failures.push(format!(
+                "idle long polls were woken: {w_b:.0} wake-ups against {w_a:.0}"
+            ));
         }
         parked.abort_all();
         parked_client.close(Duration::from_millis(100)).await;
@@ -572,9 +660,15 @@ async fn run(f: &Flags) -> Result<(), String> {
         let stop_s = t.elapsed().as_secs_f64();
         let mut started = Duration::ZERO;
         b = start_broker(&f.dir, &mut started)?;
-        println!("restart: clean stop {stop_s:.2} s, start after a clean stop {:.2} s", started.as_secs_f64());
+        println!(
+            "restart: clean stop {stop_s:.2} s, start after a clean stop {:.2} s",
+            started.as_secs_f64()
+        );
         if started.as_secs_f64() > f.max_restart_s {
-            failures.push(format!("start after a clean stop took {:.2} s", started.as_secs_f64()));
+            failures.push(format!(
+                "start after a clean stop took {:.2} s",
+                started.as_secs_f64()
+            ));
         }
         failures.extend(check_samples(f, c, &b.endpoint, 0x2545_F491_4F6C_DD1D).await?);
         // SIGKILL under load.
@@ -589,13 +683,23 @@ async fn run(f: &Flags) -> Result<(), String> {
         while set.join_next().await.is_some() {}
         let mut started = Duration::ZERO;
         b = start_broker(&f.dir, &mut started)?;
-        println!("restart: start after SIGKILL {:.2} s", started.as_secs_f64());
+        println!(
+            "restart: start after SIGKILL {:.2} s",
+            started.as_secs_f64()
+        );
         if started.as_secs_f64() > f.max_kill_restart_s {
-            failures.push(format!("start after SIGKILL took {:.2} s", started.as_secs_f64()));
+            failures.push(format!(
+                "start after SIGKILL took {:.2} s",
+                started.as_secs_f64()
+            ));
         }
         failures.extend(check_samples(f, c, &b.endpoint, 0x1234_5678_9ABC_DEF1).await?);
         let (anon, hwm) = memory(b.proc.pid());
-        println!("  after restart: RssAnon {:.1} MiB, VmHWM {:.1} MiB", mib(anon), mib(hwm));
+        println!(
+            "  after restart: RssAnon {:.1} MiB, VmHWM {:.1} MiB",
+            mib(anon),
+            mib(hwm)
+        );
     }
     client.close(Duration::from_millis(100)).await;
     b.proc.stop(Duration::from_secs(60));

@@ -177,7 +177,10 @@ pub(super) async fn query_message(b: &Broker, req: Request) -> Result<RemotingCo
         ));
     }
     Ok(ok()
-        .with_field("indexLastUpdateTimestamp", crate::store::now_ms().to_string())
+        .with_field(
+            "indexLastUpdateTimestamp",
+            crate::store::now_ms().to_string(),
+        )
         .with_field("indexLastUpdatePhyoffset", b.store.log_end().to_string())
         .with_body(body.freeze()))
 }

@@ -73,11 +73,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn i64(&mut self) -> Result<i64, String> {
@@ -86,7 +90,8 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self) -> Result<String, String> {
         let n = u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "pop snapshot name is not UTF-8".into())
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| "pop snapshot name is not UTF-8".into())
     }
 }
 

@@ -168,8 +168,12 @@ impl ConsumeQueue {
             let mut n = (file.metadata()?.len() / CQ_ENTRY) as i64;
             // Entries are in commit-log order: drop the tail at or past the checkpoint,
             // reading back a chunk at a time.
+            // Usually only the last entry is looked at (a clean stop checkpoints everything);
+            // the chunks grow when more has to go.
+            let mut chunk = 1;
             while n > 0 {
-                let k = n.min(4096);
+                let k = n.min(chunk);
+                chunk = (chunk * 64).min(4096);
                 let mut buf = vec![0u8; (k as u64 * CQ_ENTRY) as usize];
                 file.read_exact_at(&mut buf, (n - k) as u64 * CQ_ENTRY)?;
                 let keep = buf
@@ -332,9 +336,9 @@ impl ConsumeQueue {
         if !self.dir.exists() {
             std::fs::create_dir_all(&self.dir)?;
             let mut dirs = self.shared.created_dirs.lock().or_abort("a queue index");
-            dirs.insert(self.dir.clone());
-            if let Some(p) = self.dir.parent() {
-                dirs.insert(p.to_owned());
+            // The queue's directory, its topic's, and `consumequeue/` itself may be new.
+            for d in self.dir.ancestors().take(3) {
+                dirs.insert(d.to_owned());
             }
         }
         let path = self.dir.join(segment_name(seg));
@@ -464,6 +468,10 @@ impl ConsumeQueue {
             let d = self.read();
             (d.first, d.end())
         };
+        // Nothing below the log's start: one read (every queue at every open).
+        if self.entry(lo).is_none_or(|e| e.phys >= log_start) {
+            return Ok(lo);
+        }
         // Entries are in commit-log order: the first live one is found by bisection.
         while lo < hi {
             let mid = lo + (hi - lo) / 2;

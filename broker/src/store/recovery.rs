@@ -137,7 +137,9 @@ impl Store {
             index,
             written: Watermark::new(end.end),
             durable: Watermark::new(end.end),
-            topics: std::sync::RwLock::new(topics.into_iter().map(|t| (t.name.clone(), t)).collect()),
+            topics: std::sync::RwLock::new(
+                topics.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            ),
             topics_gate: Default::default(),
             offsets: Mutex::new(offsets),
             offsets_dirty: Default::default(),
