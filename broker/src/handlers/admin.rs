@@ -70,12 +70,17 @@ pub(super) async fn update_and_create_topic_list(
     b: &Broker,
     req: Request,
 ) -> Result<RemotingCommand, Reject> {
-    let list: TopicList = serde_json::from_slice(&req.command.body).map_err(|e| {
-        fail(
-            response_code::SYSTEM_ERROR,
-            format!("body is not a topic list (topicConfigList): {e}"),
-        )
-    })?;
+    // Thousands of entries: parsed on the blocking pool, not on a thread serving sends.
+    let body = req.command.body.clone();
+    let list: TopicList = tokio::task::spawn_blocking(move || serde_json::from_slice(&body))
+        .await
+        .map_err(|e| fail(response_code::SYSTEM_ERROR, format!("topic list: {e}")))?
+        .map_err(|e| {
+            fail(
+                response_code::SYSTEM_ERROR,
+                format!("body is not a topic list (topicConfigList): {e}"),
+            )
+        })?;
     if list.topic_config_list.is_empty() || list.topic_config_list.len() > MAX_TOPIC_LIST {
         return Err(fail(
             response_code::SYSTEM_ERROR,
