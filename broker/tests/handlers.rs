@@ -554,3 +554,79 @@ async fn the_same_handlers_serve_over_real_rdma_when_a_device_is_present() {
     );
     h.stop().await;
 }
+
+fn topic_list(body: &str) -> RemotingCommand {
+    RemotingCommand::request(rc::UPDATE_AND_CREATE_TOPIC_LIST).with_body(body.as_bytes().to_vec())
+}
+
+fn query(topic: &str, key: &str, unique: bool) -> RemotingCommand {
+    RemotingCommand::request(rc::QUERY_MESSAGE)
+        .with_field("topic", topic)
+        .with_field("key", key)
+        .with_field("maxNum", "32")
+        .with_field("beginTimestamp", "0")
+        .with_field("endTimestamp", "0")
+        .with_field("_UNIQUE_KEY_QUERY", if unique { "true" } else { "false" })
+}
+
+#[tokio::test]
+async fn topic_lists_are_all_or_nothing_and_queries_find_keys_and_ids() {
+    let h = tcp().await;
+    // One invalid name refuses the whole list: nothing is created.
+    let r = h
+        .call(topic_list(
+            r#"{"topicConfigList":[{"topicName":"ok-1","readQueueNums":2,"writeQueueNums":2,"perm":6},{"topicName":"bad name","readQueueNums":2}]}"#,
+        ))
+        .await;
+    assert_eq!(r.code, code::SYSTEM_ERROR, "{:?}", r.remark);
+    assert!(h.broker.store.topic("ok-1").is_none());
+    for bad in ["", "{}", r#"{"topicConfigList":[]}"#] {
+        let r = h.call(topic_list(bad)).await;
+        assert_eq!(r.code, code::SYSTEM_ERROR, "{bad}: {:?}", r.remark);
+    }
+    let list: Vec<String> = (0..500)
+        .map(|i| {
+            format!(r#"{{"topicName":"bulk-{i}","readQueueNums":3,"writeQueueNums":3,"perm":6}}"#)
+        })
+        .collect();
+    let r = h
+        .call(topic_list(&format!(
+            r#"{{"topicConfigList":[{}]}}"#,
+            list.join(",")
+        )))
+        .await;
+    assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(h.broker.store.topic("bulk-499").unwrap().queues(), 3);
+    // Durable before the reply: the topic file holds all of them.
+    let saved = std::fs::read_to_string(h.broker.store.config().dir.join("topics.json")).unwrap();
+    assert!(saved.contains("\"bulk-0\"") && saved.contains("\"bulk-499\""));
+    // QUERY_MESSAGE: by key, by client id, per topic; an unknown key is QUERY_NOT_FOUND.
+    for (topic, i) in [("bulk-1", 1), ("bulk-2", 2), ("bulk-2", 3)] {
+        let p = props(&[
+            ("KEYS", &format!("order-{i} shared")),
+            ("UNIQ_KEY", &format!("ID{i:04}")),
+        ]);
+        let r = h
+            .call(send_v2(topic, 0, &p, format!("body {i}").as_bytes()))
+            .await;
+        assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    }
+    let r = h.call(query("bulk-2", "order-3", false)).await;
+    assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    assert_eq!(
+        records(&r)
+            .iter()
+            .map(|m| m.body.clone())
+            .collect::<Vec<_>>(),
+        vec![Bytes::from_static(b"body 3")]
+    );
+    let r = h.call(query("bulk-2", "shared", false)).await;
+    assert_eq!(records(&r).len(), 2, "both bulk-2 messages, not bulk-1's");
+    let r = h.call(query("bulk-1", "ID0001", true)).await;
+    assert_eq!(records(&r)[0].body, Bytes::from_static(b"body 1"));
+    // A key is not a client id.
+    let r = h.call(query("bulk-1", "order-1", true)).await;
+    assert_eq!(r.code, code::QUERY_NOT_FOUND, "{:?}", r.remark);
+    let r = h.call(query("bulk-1", "nobody", false)).await;
+    assert_eq!(r.code, code::QUERY_NOT_FOUND);
+}
