@@ -113,12 +113,17 @@ impl Inner {
         };
         let mut st = self.lock_state();
         let created = !st.queues.contains_key(&key);
-        let qs: QueueState = match st.queues.get(&key) {
-            Some(q) => q.clone(),
-            None => QueueState {
-                cursor: self.initial_cursor(&key.topic, key.queue),
-                ..Default::default()
-            },
+        // Read in place: a queue with many messages in flight is not copied per pop.
+        let fresh;
+        let qs: &QueueState = match st.queues.get(&key) {
+            Some(q) => q,
+            None => {
+                fresh = QueueState {
+                    cursor: self.initial_cursor(&key.topic, key.queue),
+                    ..Default::default()
+                };
+                &fresh
+            }
         };
         if req.fifo && !qs.inflight.is_empty() {
             return Ok(None);
@@ -169,7 +174,8 @@ impl Inner {
         let Batch {
             items, delivered, ..
         } = batch;
-        if items.is_empty() && cursor == qs.cursor && !created {
+        let unchanged = cursor == qs.cursor;
+        if items.is_empty() && unchanged && !created {
             return Ok(None);
         }
         let record = PopRecord::Pop {
