@@ -324,6 +324,20 @@ fn scale_topic(t: u64) -> String {
     format!("pop-scale-{t:05}")
 }
 
+/// A pop of up to 32 from any queue of `topic`, without long polling.
+fn scale_request(topic: &str, invisible_ms: i64) -> PopRequest {
+    PopRequest {
+        group: "scale-group".into(),
+        topic: topic.to_owned(),
+        queue: -1,
+        max: 32,
+        invisible_ms,
+        poll: Duration::ZERO,
+        filter: TagFilter::parse("*"),
+        fifo: false,
+    }
+}
+
 fn open_pop(dir: &Path) -> Result<(Store, PopService), String> {
     let cfg = StoreConfig {
         flush: FlushMode::Async {
@@ -428,16 +442,7 @@ fn run_pop_scale(dir: &Path, messages: u64, topics: u64) -> Result<(), String> {
                 for name in names.iter().skip(c as usize).step_by(16) {
                     loop {
                         let r = pop
-                            .pop(&PopRequest {
-                                group: "scale-group".into(),
-                                topic: name.clone(),
-                                queue: -1,
-                                max: 32,
-                                invisible_ms: 3_600_000,
-                                poll: Duration::ZERO,
-                                filter: TagFilter::parse("*"),
-                                fifo: false,
-                            })
+                            .pop(&scale_request(name, 3_600_000))
                             .await
                             .map_err(|e| e.to_string())?;
                         if r.messages.is_empty() {
@@ -523,16 +528,7 @@ fn run_pop_scale(dir: &Path, messages: u64, topics: u64) -> Result<(), String> {
         // Nothing is delivered again: acked ones are done, the rest still invisible.
         for name in names.iter().step_by((topics as usize / 50).max(1)) {
             let r = pop
-                .pop(&PopRequest {
-                    group: "scale-group".into(),
-                    topic: name.clone(),
-                    queue: -1,
-                    max: 32,
-                    invisible_ms: 60_000,
-                    poll: Duration::ZERO,
-                    filter: TagFilter::parse("*"),
-                    fifo: false,
-                })
+                .pop(&scale_request(name, 60_000))
                 .await
                 .map_err(|e| e.to_string())?;
             if !r.messages.is_empty() {

@@ -93,14 +93,19 @@ impl Active {
             .truncate(true)
             .open(dir.join(file_name(first_phys)))?;
         file.write_all_at(&header(slots, 0, false), 0)?;
-        Ok(Active {
+        Ok(Active::empty(file, first_phys, slots))
+    }
+
+    /// An empty table over `file`.
+    fn empty(file: File, first_phys: u64, slots: u32) -> Active {
+        Active {
             first_phys,
             file: Arc::new(file),
             slots: Arc::new(vec![0; slots as usize]),
             count: 0,
             written: 0,
             pending: Vec::new(),
-        })
+        }
     }
 
     fn insert(&mut self, hash: u64, phys: u64) {
@@ -490,14 +495,7 @@ impl KeyIndex {
 fn rebuild(file: File, first_phys: u64, slots: u32, checkpoint: u64) -> io::Result<Active> {
     let len = file.metadata()?.len().saturating_sub(entries_at(slots)) / ENTRY;
     let len = len.min(u64::from(u32::MAX)) as u32;
-    let mut a = Active {
-        first_phys,
-        file: Arc::new(file),
-        slots: Arc::new(vec![0; slots as usize]),
-        count: 0,
-        written: 0,
-        pending: Vec::new(),
-    };
+    let mut a = Active::empty(file, first_phys, slots);
     let mut buf = vec![0u8; (1 << 16) * ENTRY as usize];
     let mut last = 0u64;
     let mut at = 0u32;
@@ -555,16 +553,7 @@ mod tests {
     use super::*;
 
     fn tmp() -> PathBuf {
-        let p = std::env::temp_dir().join(format!(
-            "rdmq-index-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        p
+        crate::store::test_dir("index")
     }
 
     #[test]

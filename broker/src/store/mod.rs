@@ -809,6 +809,20 @@ impl Shared {
     }
 }
 
+/// A fresh directory for a unit test (the caller removes it).
+#[cfg(test)]
+pub(crate) fn test_dir(what: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let p = std::env::temp_dir().join(format!(
+        "rdmq-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).expect("test directory");
+    p
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
