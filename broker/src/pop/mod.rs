@@ -551,6 +551,19 @@ impl PopService {
     pub async fn dead_letter(&self, group: &str, handle: &str) -> Result<(), PopError> {
         let inner = &self.inner;
         let (h, key) = inner.check_handle(group, handle)?;
+        // A group's first dead letter creates its DLQ topic: that write and fsync run on the
+        // blocking pool, not under the pop state's lock on a runtime thread.
+        let dlq = dlq_topic(&key.group);
+        if inner.store.topic(&dlq).is_none() {
+            let store = inner.store.clone();
+            tokio::task::spawn_blocking(move || store.ensure_system_topic(&dlq, 1))
+                .await
+                .map_err(|e| {
+                    PopError::Store(StoreError::Busy(format!(
+                        "dead-letter topic creation did not finish: {e}"
+                    )))
+                })??;
+        }
         let end = {
             let mut st = inner.lock_state();
             inner.current(&st, &key, &h, now_ms())?;
