@@ -133,6 +133,16 @@ pub struct BrokerConfig {
     /// Connections with no request and nothing in progress for this long are closed
     /// (seconds; 0 = never).
     pub idle_timeout_secs: u64,
+    /// Name servers to register with (`host:port`); none = no registration.
+    pub namesrv: Vec<String>,
+    /// Registration period (ms; RocketMQ's 30 s).
+    pub register_interval_ms: u64,
+    /// Silence after which name servers drop this broker (ms; RocketMQ's 120 s).
+    pub register_timeout_ms: u64,
+    /// After unregistering on drain, keep serving this long so proxies and clients move away
+    /// before the listeners close (ms; above the proxies' route refresh of 2 s; remoting
+    /// clients reaching brokers directly refresh routes every 30 s).
+    pub unregister_wait_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -163,6 +173,10 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             max_connections_per_client: 1_000,
             idle_timeout_secs: 120,
+            namesrv: Vec::new(),
+            register_interval_ms: 30_000,
+            register_timeout_ms: 120_000,
+            unregister_wait_ms: 5_000,
         }
     }
 }
@@ -248,6 +262,38 @@ struct Flags {
     /// Close connections idle this long, nothing in progress (default 120; 0 = never)
     #[arg(long, value_name = "SECS", env = "RDMQ_BROKER_IDLE_TIMEOUT_SECS")]
     idle_timeout_secs: Option<String>,
+    /// Name servers to register with, RocketMQ style (default none)
+    #[arg(
+        long,
+        value_name = "HOST:PORT;HOST:PORT",
+        env = "RDMQ_BROKER_NAMESRV",
+        help_heading = "Cluster membership"
+    )]
+    namesrv: Option<String>,
+    /// Registration period (default 30000)
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "RDMQ_BROKER_REGISTER_INTERVAL_MS",
+        help_heading = "Cluster membership"
+    )]
+    register_interval_ms: Option<String>,
+    /// Name servers drop the broker after this much silence (default 120000)
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "RDMQ_BROKER_REGISTER_TIMEOUT_MS",
+        help_heading = "Cluster membership"
+    )]
+    register_timeout_ms: Option<String>,
+    /// On drain, serve this long after unregistering (default 5000)
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "RDMQ_BROKER_UNREGISTER_WAIT_MS",
+        help_heading = "Cluster membership"
+    )]
+    unregister_wait_ms: Option<String>,
 }
 
 impl Flags {
@@ -279,6 +325,10 @@ impl Flags {
             self.max_connections_per_client,
         );
         one("--idle-timeout-secs", self.idle_timeout_secs);
+        one("--namesrv", self.namesrv);
+        one("--register-interval-ms", self.register_interval_ms);
+        one("--register-timeout-ms", self.register_timeout_ms);
+        one("--unregister-wait-ms", self.unregister_wait_ms);
         out.extend(self.listen.into_iter().map(|v| ("--listen", v)));
         out.extend(self.topic.into_iter().map(|v| ("--topic", v)));
         out
@@ -387,6 +437,18 @@ impl BrokerConfig {
                 "--idle-timeout-secs" => {
                     cfg.idle_timeout_secs = value.parse().map_err(|_| bad("not a number"))?
                 }
+                "--namesrv" => {
+                    cfg.namesrv = crate::register::parse_namesrv(value).map_err(|e| bad(&e))?
+                }
+                "--register-interval-ms" => {
+                    cfg.register_interval_ms = value.parse().map_err(|_| bad("not a number"))?
+                }
+                "--register-timeout-ms" => {
+                    cfg.register_timeout_ms = value.parse().map_err(|_| bad("not a number"))?
+                }
+                "--unregister-wait-ms" => {
+                    cfg.unregister_wait_ms = value.parse().map_err(|_| bad("not a number"))?
+                }
                 "--topic" => {
                     let (name, queues) = match value.split_once(':') {
                         Some((n, q)) => (n, q.parse().map_err(|_| bad("queues is not a number"))?),
@@ -457,6 +519,12 @@ impl BrokerConfig {
             if let Err(e) = crate::store::validate_topic_name(&t.name) {
                 return bad(e.to_string());
             }
+        }
+        for ns in &self.namesrv {
+            crate::register::parse_namesrv(ns).map_err(ConfigError::Invalid)?;
+        }
+        if !self.namesrv.is_empty() && self.register_interval_ms == 0 {
+            return bad("register interval must be above 0".into());
         }
         if let Some(a) = &self.advertise
             && a.parse::<std::net::SocketAddr>().is_err()
@@ -573,6 +641,7 @@ mod tests {
             ("--bogus 1", "--bogus"),
             ("--listen", "--listen"),
             ("--topic bad/name:2", "topic"),
+            ("--namesrv nohost", "HOST:PORT"),
         ] {
             let e = BrokerConfig::from_args(&args(a)).unwrap_err().to_string();
             assert!(e.contains(want), "{a}: {e}");

@@ -10,6 +10,7 @@ pub mod handlers;
 pub use rdmq_protocol::message;
 mod poison;
 pub mod pop;
+pub mod register;
 pub mod serve;
 pub mod store;
 pub mod sys;

@@ -71,6 +71,8 @@ pub struct RunningBroker {
     handles: Vec<ServerHandle>,
     endpoints: Vec<Endpoint>,
     grace: Duration,
+    registrar: Option<crate::register::Registrar>,
+    unregister_wait: Duration,
 }
 
 impl RunningBroker {
@@ -169,7 +171,35 @@ impl RunningBroker {
         };
         let server = Server::new(transport, router(broker.clone()), config);
         let handles: Vec<ServerHandle> = listeners.into_iter().map(|l| server.serve(l)).collect();
-        let endpoints = handles.iter().map(|h| h.local_endpoint().clone()).collect();
+        let endpoints: Vec<Endpoint> = handles.iter().map(|h| h.local_endpoint().clone()).collect();
+        let registrar = (!cfg.namesrv.is_empty()).then(|| {
+            let host = advertise
+                .rsplit_once(':')
+                .map_or(advertise.as_str(), |(h, _)| h)
+                .to_owned();
+            let urls = endpoints
+                .iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    if matches!(e.host.as_str(), "0.0.0.0" | "::" | "") {
+                        e.host = host.clone();
+                    }
+                    e.to_string()
+                })
+                .collect();
+            crate::register::Registrar::start(
+                broker.store.clone(),
+                crate::register::RegisterConfig {
+                    namesrv: cfg.namesrv.clone(),
+                    cluster: cfg.cluster.clone(),
+                    broker_name: cfg.broker_name.clone(),
+                    addr: advertise.clone(),
+                    endpoints: urls,
+                    interval: Duration::from_millis(cfg.register_interval_ms),
+                    timeout: Duration::from_millis(cfg.register_timeout_ms),
+                },
+            )
+        });
         tracing::info!(
             broker = %cfg.broker_name,
             advertise = %advertise,
@@ -182,6 +212,8 @@ impl RunningBroker {
             handles,
             endpoints,
             grace: Duration::from_millis(cfg.drain_grace_ms),
+            registrar,
+            unregister_wait: Duration::from_millis(cfg.unregister_wait_ms),
         })
     }
 
@@ -195,9 +227,15 @@ impl RunningBroker {
         &self.broker
     }
 
-    /// Drains the listeners (in-flight requests are answered), then flushes and stops the
-    /// store.
-    pub async fn shutdown(self) -> Result<(), ServeError> {
+    /// Drains: unregisters from the name servers and keeps serving for the unregister wait
+    /// (routes move away), then drains the listeners (in-flight requests are answered), then
+    /// flushes and stops the store.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        if let Some(r) = self.registrar.take() {
+            r.unregister().await;
+            tracing::info!(wait = ?self.unregister_wait, "unregistered; serving until routes move away");
+            tokio::time::sleep(self.unregister_wait).await;
+        }
         self.broker.pop.end_long_polls();
         for h in self.handles {
             h.shutdown(self.grace).await;

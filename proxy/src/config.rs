@@ -4,6 +4,7 @@ use std::path::Path;
 
 #[cfg(feature = "embedded")]
 use rdmq_broker::config::BrokerConfig;
+use rdmq_protocol::route::parse_namesrv;
 use serde::Deserialize;
 
 /// Everything the proxy is configured with.
@@ -14,6 +15,16 @@ pub struct ProxyConfig {
     pub listen: String,
     /// Brokers to forward to (`tcp://`, `rdma://`, `rdma-sim://` URLs).
     pub brokers: Vec<String>,
+    /// Name servers (`host:port`) to learn brokers and routes from, instead of `brokers`.
+    pub namesrv: Vec<String>,
+    /// Transport towards brokers learned from name servers (`tcp`, `rdma`, `rdma-sim`); a
+    /// broker that does not serve it is reached over TCP.
+    pub broker_transport: String,
+    /// How long a route from the name servers is used before it is asked for again (ms).
+    pub route_refresh_ms: u64,
+    /// Remoting endpoint for RocketMQ 4.x/5.x remoting clients (`host:port`; `off` disables).
+    /// Default: the gRPC host, port 8080 (an ephemeral port when `listen` asks for one).
+    pub remoting_listen: Option<String>,
     /// The `host:port` clients are told to use in routes (default: the address they dialled).
     pub advertise: Option<String>,
     /// Largest message body accepted (and announced to producers).
@@ -50,6 +61,10 @@ impl Default for ProxyConfig {
         Self {
             listen: "0.0.0.0:8081".into(),
             brokers: Vec::new(),
+            namesrv: Vec::new(),
+            broker_transport: "tcp".into(),
+            route_refresh_ms: 2_000,
+            remoting_listen: None,
             advertise: None,
             max_body_size: 4 << 20,
             call_timeout_ms: 3_000,
@@ -94,6 +109,19 @@ struct Flags {
         value_delimiter = ','
     )]
     broker: Vec<String>,
+    /// Learn brokers and routes from these name servers instead of --broker
+    #[arg(long, value_name = "HOST:PORT;HOST:PORT", env = "RDMQ_PROXY_NAMESRV")]
+    namesrv: Option<String>,
+    /// Transport to brokers learned from name servers: tcp, rdma or rdma-sim (default tcp)
+    #[arg(long, value_name = "SCHEME", env = "RDMQ_PROXY_BROKER_TRANSPORT")]
+    broker_transport: Option<String>,
+    /// Route refresh from name servers (default 2000)
+    #[arg(long, value_name = "MS", env = "RDMQ_PROXY_ROUTE_REFRESH_MS")]
+    route_refresh_ms: Option<String>,
+    /// Remoting endpoint for RocketMQ remoting clients, or `off` (default: gRPC host, port
+    /// 8080)
+    #[arg(long, value_name = "HOST:PORT", env = "RDMQ_PROXY_REMOTING_LISTEN")]
+    remoting_listen: Option<String>,
     /// Address put in routes (default: the one the client dialled)
     #[arg(long, value_name = "HOST:PORT", env = "RDMQ_PROXY_ADVERTISE")]
     advertise: Option<String>,
@@ -180,6 +208,20 @@ struct Flags {
     broker_name: Option<String>,
 }
 
+impl ProxyConfig {
+    /// The remoting endpoint to bind, if any.
+    pub fn remoting_addr(&self) -> Option<String> {
+        match self.remoting_listen.as_deref() {
+            Some("off") => None,
+            Some(a) => Some(a.to_owned()),
+            None => {
+                let (host, port) = self.listen.rsplit_once(':')?;
+                Some(format!("{host}:{}", if port == "0" { "0" } else { "8080" }))
+            }
+        }
+    }
+}
+
 /// The generated `--help` text.
 pub fn usage() -> String {
     use clap::CommandFactory;
@@ -241,6 +283,10 @@ impl ProxyConfig {
         let mut pairs: Vec<(&str, String)> = Vec::new();
         for (flag, v) in [
             ("--listen", f.listen),
+            ("--namesrv", f.namesrv),
+            ("--broker-transport", f.broker_transport),
+            ("--route-refresh-ms", f.route_refresh_ms),
+            ("--remoting-listen", f.remoting_listen),
             ("--advertise", f.advertise),
             ("--metrics-listen", f.metrics_listen),
             ("--max-body-size", f.max_body_size),
@@ -273,6 +319,10 @@ impl ProxyConfig {
             };
             match flag {
                 "--listen" => cfg.listen = value.clone(),
+                "--namesrv" => cfg.namesrv = parse_namesrv(value).map_err(|e| bad(&e))?,
+                "--broker-transport" => cfg.broker_transport = value.clone(),
+                "--route-refresh-ms" => cfg.route_refresh_ms = positive()? as u64,
+                "--remoting-listen" => cfg.remoting_listen = Some(value.clone()),
                 "--advertise" => cfg.advertise = Some(value.clone()),
                 "--metrics-listen" => cfg.metrics_listen = Some(value.clone()),
                 "--max-body-size" => {
@@ -322,10 +372,27 @@ impl ProxyConfig {
         let embedded = self.embedded_broker.is_some();
         #[cfg(not(feature = "embedded"))]
         let embedded = false;
-        if self.brokers.is_empty() && !embedded {
+        if self.brokers.is_empty() && self.namesrv.is_empty() && !embedded {
             return Err(ConfigError(
-                "no broker: give --broker URL or --embedded-broker".into(),
+                "no broker: give --broker URL, --namesrv HOST:PORT or --embedded-broker".into(),
             ));
+        }
+        for ns in &self.namesrv {
+            parse_namesrv(ns).map_err(ConfigError)?;
+        }
+        if !["tcp", "rdma", "rdma-sim"].contains(&self.broker_transport.as_str()) {
+            return Err(ConfigError(format!(
+                "--broker-transport {}: expected tcp, rdma or rdma-sim",
+                self.broker_transport
+            )));
+        }
+        if let Some(r) = &self.remoting_listen
+            && r != "off"
+            && r.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError(format!(
+                "--remoting-listen {r}: expected IP:PORT or off"
+            )));
         }
         for b in &self.brokers {
             b.parse::<rdmq_transport::Endpoint>()

@@ -6,6 +6,8 @@
 //! - [`grpc`]: the tonic service, telemetry settings, metadata rules.
 //! - [`convert`]: gRPC messages ↔ remoting properties and stored records.
 //! - [`cluster`]: broker connections, routes, and the remoting operations.
+//! - [`remoting`]: the remoting endpoint for RocketMQ remoting clients.
+//! - [`namesrv`]: the `rdmq-namesrv` name server (broker registry, routes).
 //! - [`RunningProxy`]: start and stop a proxy, optionally with an embedded broker.
 
 pub mod admit;
@@ -14,7 +16,9 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod grpc;
+pub mod namesrv;
 pub mod pb;
+pub mod remoting;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use std::time::Duration;
 
 #[cfg(feature = "embedded")]
 use rdmq_broker::serve::RunningBroker;
-use rdmq_transport::{AnyTransport, Endpoint};
+use rdmq_transport::{AnyTransport, Endpoint, Scheme};
 use tokio::sync::watch;
 
 use crate::cluster::Cluster;
@@ -31,7 +35,7 @@ use crate::grpc::{MessagingProxy, ServiceConfig};
 use crate::pb::messaging_service_server::MessagingServiceServer;
 
 /// The `rdmq-proxy` program; `args` without the program name. Prints
-/// `listening grpc://<addr>`, `broker <url>` per broker and, with `--metrics-listen`,
+/// `listening grpc://<addr>`, `listening remoting://<addr>` (unless off), `broker <url>` per broker and, with `--metrics-listen`,
 /// `metrics http://<addr>/metrics` on start.
 pub fn proxy_main(args: Vec<String>) -> std::process::ExitCode {
     use rdmq_transport::process as serve;
@@ -60,6 +64,9 @@ pub fn proxy_main(args: Vec<String>) -> std::process::ExitCode {
         {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening grpc://{}", proxy.grpc_addr());
+            if let Some(r) = proxy.remoting_endpoint() {
+                let _ = writeln!(out, "listening remoting://{}", r.authority());
+            }
             for b in proxy.brokers() {
                 let _ = writeln!(out, "broker {b}");
             }
@@ -111,6 +118,7 @@ pub struct RunningProxy {
     service: MessagingProxy,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    remoting: Option<rdmq_transport::remoting::ServerHandle>,
     grace: Duration,
 }
 
@@ -139,12 +147,31 @@ impl RunningProxy {
             }
             None => None,
         };
-        let cluster = Arc::new(Cluster::new(
-            transport,
-            seeds,
-            cfg.connections_per_broker,
-            Duration::from_millis(cfg.call_timeout_ms),
-        ));
+        let namesrv: Vec<Endpoint> = cfg
+            .namesrv
+            .iter()
+            .map(|a| {
+                format!("tcp://{a}")
+                    .parse()
+                    .map_err(|source| StartError::BrokerUrl {
+                        url: a.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let scheme = [Scheme::Tcp, Scheme::Rdma, Scheme::RdmaSim]
+            .into_iter()
+            .find(|s| s.as_str() == cfg.broker_transport)
+            .unwrap_or(Scheme::Tcp);
+        let cluster = Arc::new(
+            Cluster::new(
+                transport,
+                seeds,
+                cfg.connections_per_broker,
+                Duration::from_millis(cfg.call_timeout_ms),
+            )
+            .with_namesrv(namesrv, scheme, Duration::from_millis(cfg.route_refresh_ms)),
+        );
         let advertise = match &cfg.advertise {
             Some(a) => {
                 let (h, p) = a
@@ -153,6 +180,21 @@ impl RunningProxy {
                     .ok_or_else(|| StartError::Advertise(a.clone()))?;
                 Some((h, p))
             }
+            None => None,
+        };
+        let remoting = match cfg.remoting_addr() {
+            Some(bind) => Some(
+                remoting::serve(
+                    cluster.clone(),
+                    &bind,
+                    advertise.as_ref().map(|(h, _)| h.as_str()),
+                )
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: bind.clone(),
+                    source: std::io::Error::other(source.to_string()),
+                })?,
+            ),
             None => None,
         };
         let (stop, stop_rx) = watch::channel(false);
@@ -204,7 +246,7 @@ impl RunningProxy {
                     let _ = until.wait_for(|s| *s).await;
                 }),
         );
-        tracing::info!(grpc = %addr, brokers = ?cluster.seeds().iter().map(|e| e.to_string()).collect::<Vec<_>>(), "proxy ready");
+        tracing::info!(grpc = %addr, brokers = ?cluster.seeds().iter().map(|e| e.to_string()).collect::<Vec<_>>(), namesrv = ?cfg.namesrv, "proxy ready");
         Ok(RunningProxy {
             addr,
             #[cfg(feature = "embedded")]
@@ -213,6 +255,7 @@ impl RunningProxy {
             service,
             stop,
             server,
+            remoting,
             grace: Duration::from_millis(cfg.drain_grace_ms),
         })
     }
@@ -220,6 +263,11 @@ impl RunningProxy {
     /// The gRPC address served (the real port when asked for port 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The remoting endpoint served, if any.
+    pub fn remoting_endpoint(&self) -> Option<&Endpoint> {
+        self.remoting.as_ref().map(|h| h.local_endpoint())
     }
 
     /// The embedded broker, if any.
@@ -251,6 +299,9 @@ impl RunningProxy {
                 tracing::warn!("in-flight gRPC calls outlived the drain grace; closing them");
                 abort.abort();
             }
+        }
+        if let Some(r) = self.remoting {
+            r.shutdown(self.grace).await;
         }
         self.cluster.close().await;
         #[cfg(feature = "embedded")]

@@ -21,7 +21,7 @@ use rdmq_protocol::ReceiptHandle;
 use rdmq_protocol::message::{self, StoredMessage};
 use rdmq_transport::protocol::{request_code, response_code as rc};
 use rdmq_transport::remoting::{CallMetrics, Client, ClientConfig};
-use rdmq_transport::{AnyTransport, Endpoint, RemotingCommand, TransportError};
+use rdmq_transport::{AnyTransport, Endpoint, RemotingCommand, Scheme, TransportError};
 
 use crate::error::{ProxyError, ProxyResult};
 use crate::pb::Code;
@@ -30,12 +30,23 @@ pub use pop::{PopArgs, PoppedBatch, handles_of};
 pub use route::{BrokerQueues, TopicRoute};
 pub use send::{Outgoing, Sent};
 
-/// How long a learned route is used before it is asked for again.
+/// How long a route learned from the brokers themselves is used before it is asked for again.
 const ROUTE_TTL: Duration = Duration::from_secs(10);
 /// Time left for a broker's answer to travel back after its long poll ends.
 const REPLY_MARGIN: Duration = Duration::from_millis(300);
 /// The producer group sends are made under (gRPC producers have none).
 const PRODUCER_GROUP: &str = "rdmq-proxy";
+
+/// A live broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerRef {
+    /// Its name.
+    pub name: String,
+    /// Where the proxy reaches it.
+    pub endpoint: Endpoint,
+    /// Its `host:port` (the store host in its message ids).
+    pub addr: String,
+}
 
 /// Connections and routes to the brokers.
 #[derive(Debug)]
@@ -44,6 +55,12 @@ pub struct Cluster {
     /// Long polls get their own connections, so sends and acks never queue behind them.
     poll_client: Client<AnyTransport>,
     seeds: Vec<Endpoint>,
+    /// Name servers routes come from (instead of asking the seeds).
+    namesrv: Vec<Endpoint>,
+    /// Transport used towards brokers learned from name servers.
+    broker_scheme: Scheme,
+    /// Route lifetime with name servers.
+    route_ttl: Duration,
     /// Per topic, every broker ever seen holding it (by name, with its write queues): FIFO
     /// groups hash over this stable list, so a broker briefly unreachable does not move
     /// groups to other queues.
@@ -99,6 +116,9 @@ impl Cluster {
             client,
             poll_client,
             seeds,
+            namesrv: Vec::new(),
+            broker_scheme: Scheme::Tcp,
+            route_ttl: ROUTE_TTL,
             fifo_layout: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
@@ -107,9 +127,182 @@ impl Cluster {
         }
     }
 
+    /// Learns brokers and routes from the name servers at `namesrv` (TCP `host:port`),
+    /// refreshed every `ttl`, and reaches brokers over `scheme` where they serve it (else TCP).
+    pub fn with_namesrv(mut self, namesrv: Vec<Endpoint>, scheme: Scheme, ttl: Duration) -> Self {
+        self.namesrv = namesrv;
+        self.broker_scheme = scheme;
+        self.route_ttl = ttl;
+        self
+    }
+
     /// The configured broker endpoints.
     pub fn seeds(&self) -> &[Endpoint] {
         &self.seeds
+    }
+
+    /// The configured name servers.
+    pub fn name_servers(&self) -> &[Endpoint] {
+        &self.namesrv
+    }
+
+    /// Every broker known: the seeds and those learned from routes, by name.
+    pub fn known_brokers(&self) -> Vec<(String, Endpoint)> {
+        let mut v: Vec<_> = self
+            .lock_names()
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Calls the broker `name` at `endpoint` (for the remoting front end and admin), within
+    /// `timeout` (default: the call timeout).
+    pub async fn call_broker(
+        &self,
+        name: &str,
+        endpoint: &Endpoint,
+        request: RemotingCommand,
+        timeout: Option<Duration>,
+    ) -> ProxyResult<RemotingCommand> {
+        self.call(
+            name,
+            endpoint,
+            request,
+            timeout.unwrap_or(self.call_timeout),
+        )
+        .await
+    }
+
+    /// The call timeout towards brokers.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// Every live broker: from the name servers' cluster info, else the configured seeds
+    /// (named as their route answers named them).
+    pub async fn all_brokers(&self) -> ProxyResult<Vec<BrokerRef>> {
+        if self.namesrv.is_empty() {
+            let names = self.lock_names().clone();
+            return Ok(self
+                .seeds
+                .iter()
+                .map(|ep| BrokerRef {
+                    name: names
+                        .iter()
+                        .find(|(_, e)| *e == ep)
+                        .map_or_else(|| ep.authority(), |(n, _)| n.clone()),
+                    endpoint: ep.clone(),
+                    addr: ep.authority(),
+                })
+                .collect());
+        }
+        let req = RemotingCommand::request(request_code::GET_BROKER_CLUSTER_INFO)
+            .with_field(rdmq_protocol::route::ENDPOINTS_FIELD, "1");
+        let resp = self.call_namesrv(req).await?;
+        if resp.code != rc::SUCCESS {
+            return Err(ProxyError::new(
+                Code::InternalServerError,
+                format!(
+                    "name server answered the cluster info with code {}: {}",
+                    resp.code,
+                    resp.remark.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        let info = rdmq_protocol::route::ClusterInfo::parse(&resp.body).map_err(|e| {
+            ProxyError::new(
+                Code::InternalServerError,
+                format!("name server cluster info: {e}"),
+            )
+        })?;
+        Ok(info
+            .brokers
+            .values()
+            .filter_map(|b| {
+                Some(BrokerRef {
+                    name: b.name.clone(),
+                    endpoint: self.broker_endpoint(b)?,
+                    addr: b.master()?.to_owned(),
+                })
+            })
+            .collect())
+    }
+
+    /// Asks the name servers in turn until one answers.
+    pub async fn call_namesrv(&self, request: RemotingCommand) -> ProxyResult<RemotingCommand> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.namesrv.len() {
+            let ep = &self.namesrv[(start + i) % self.namesrv.len()];
+            match self
+                .client
+                .invoke(ep, request.clone(), Some(self.call_timeout))
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => last = Some(ProxyError::unavailable(&ep.authority(), &e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ProxyError::new(Code::InternalServerError, "no name server is configured")
+        }))
+    }
+
+    /// The endpoint to reach a broker learned from a name server at.
+    fn broker_endpoint(&self, b: &rdmq_protocol::route::BrokerData) -> Option<Endpoint> {
+        let served = b
+            .endpoints
+            .iter()
+            .filter_map(|u| u.parse::<Endpoint>().ok())
+            .find(|e| e.scheme == self.broker_scheme);
+        served.or_else(|| format!("tcp://{}", b.master()?).parse().ok())
+    }
+
+    async fn route_from_namesrv(&self, topic: &str) -> ProxyResult<Vec<BrokerQueues>> {
+        let req = RemotingCommand::request(request_code::GET_ROUTEINFO_BY_TOPIC)
+            .with_field("topic", topic)
+            .with_field(rdmq_protocol::route::ENDPOINTS_FIELD, "1");
+        let resp = self.call_namesrv(req).await?;
+        match resp.code {
+            rc::SUCCESS => {}
+            rc::TOPIC_NOT_EXIST => {
+                return Err(ProxyError::new(
+                    Code::TopicNotFound,
+                    format!("topic `{topic}` does not exist"),
+                ));
+            }
+            other => {
+                return Err(ProxyError::new(
+                    Code::InternalServerError,
+                    format!(
+                        "name server answered the route of `{topic}` with code {other}: {}",
+                        resp.remark.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+        }
+        let route = rdmq_protocol::route::TopicRoute::parse(&resp.body).map_err(|e| {
+            ProxyError::new(
+                Code::InternalServerError,
+                format!("name server route of `{topic}`: {e}"),
+            )
+        })?;
+        let mut out = Vec::new();
+        for (b, q) in route.masters() {
+            let Some(endpoint) = self.broker_endpoint(b) else {
+                continue;
+            };
+            self.lock_names().insert(b.name.clone(), endpoint.clone());
+            out.push(BrokerQueues {
+                name: b.name.clone(),
+                endpoint,
+                write_queues: if q.perm & 4 != 0 { q.write_queues } else { 0 },
+                read_queues: if q.perm & 2 != 0 { q.read_queues } else { 0 },
+            });
+        }
+        Ok(out)
     }
 
     async fn call(
@@ -119,7 +312,10 @@ impl Cluster {
         request: RemotingCommand,
         timeout: Duration,
     ) -> ProxyResult<RemotingCommand> {
-        let client = if request.code == request_code::POP_MESSAGE {
+        let client = if matches!(
+            request.code,
+            request_code::POP_MESSAGE | request_code::PULL_MESSAGE
+        ) {
             &self.poll_client
         } else {
             &self.client
@@ -146,11 +342,80 @@ impl Cluster {
     /// The route of `topic`: every reachable broker holding it. Cached for a few seconds.
     pub async fn route(&self, topic: &str) -> ProxyResult<Arc<TopicRoute>> {
         if let Some(r) = self.lock_routes().get(topic)
-            && r.learned.elapsed() < ROUTE_TTL
+            && r.learned.elapsed() < self.route_ttl
         {
             return Ok(r.clone());
         }
-        let asks = self.seeds.iter().map(|ep| {
+        let brokers = if self.namesrv.is_empty() {
+            self.route_from_brokers(topic, &self.seeds).await?
+        } else {
+            match self.route_from_namesrv(topic).await {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => {
+                    self.lock_routes().remove(topic);
+                    return Err(ProxyError::new(
+                        Code::TopicNotFound,
+                        format!("no live broker holds topic `{topic}`"),
+                    ));
+                }
+                Err(e) if e.code == Code::TopicNotFound => {
+                    self.lock_routes().remove(topic);
+                    return Err(e);
+                }
+                Err(e) => {
+                    // Name servers out of reach: the brokers still are; keep the last route.
+                    if let Some(r) = self.lock_routes().get(topic) {
+                        tracing::warn!(topic, error = %e.message, "name servers unreachable; using the last route");
+                        return Ok(r.clone());
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        Ok(self.learned(topic, brokers))
+    }
+
+    /// Asks every live broker itself for the route of `topic` (a broker with topic
+    /// auto-creation creates it) and uses the answer until the next refresh: for topics the
+    /// name servers cannot know yet, such as a new consumer group's retry topic.
+    pub async fn route_via_brokers(&self, topic: &str) -> ProxyResult<Arc<TopicRoute>> {
+        let endpoints: Vec<Endpoint> = self
+            .all_brokers()
+            .await?
+            .into_iter()
+            .map(|b| b.endpoint)
+            .collect();
+        let brokers = self.route_from_brokers(topic, &endpoints).await?;
+        Ok(self.learned(topic, brokers))
+    }
+
+    fn learned(&self, topic: &str, brokers: Vec<BrokerQueues>) -> Arc<TopicRoute> {
+        {
+            let mut layouts = self.lock_layout();
+            let layout = layouts.entry(topic.to_owned()).or_default();
+            for b in &brokers {
+                match layout.iter_mut().find(|(n, _)| *n == b.name) {
+                    Some(slot) => slot.1 = b.write_queues,
+                    None => layout.push((b.name.clone(), b.write_queues)),
+                }
+            }
+            layout.sort();
+        }
+        let route = Arc::new(TopicRoute {
+            topic: topic.to_owned(),
+            brokers,
+            learned: Instant::now(),
+        });
+        self.lock_routes().insert(topic.to_owned(), route.clone());
+        route
+    }
+
+    async fn route_from_brokers(
+        &self,
+        topic: &str,
+        endpoints: &[Endpoint],
+    ) -> ProxyResult<Vec<BrokerQueues>> {
+        let asks = endpoints.iter().map(|ep| {
             let req = RemotingCommand::request(request_code::GET_ROUTEINFO_BY_TOPIC)
                 .with_field("topic", topic);
             let ep = ep.clone();
@@ -215,24 +480,7 @@ impl Cluster {
                 )
             });
         }
-        {
-            let mut layouts = self.lock_layout();
-            let layout = layouts.entry(topic.to_owned()).or_default();
-            for b in &brokers {
-                match layout.iter_mut().find(|(n, _)| *n == b.name) {
-                    Some(slot) => slot.1 = b.write_queues,
-                    None => layout.push((b.name.clone(), b.write_queues)),
-                }
-            }
-            layout.sort();
-        }
-        let route = Arc::new(TopicRoute {
-            topic: topic.to_owned(),
-            brokers,
-            learned: Instant::now(),
-        });
-        self.lock_routes().insert(topic.to_owned(), route.clone());
-        Ok(route)
+        Ok(brokers)
     }
 
     /// Forgets the route of `topic` (after a broker failed).

@@ -4,6 +4,8 @@
 //! - [`message`]: the stored-message record (the commit log's and PULL/POP bodies' layout),
 //!   properties, tag hashes, offset message ids, batch bodies.
 //! - [`handle`]: Pop receipt handles.
+//! - [`route`]: topic routes, cluster info and broker registrations as name servers
+//!   exchange them.
 //! - [`names`]: the rules for topic and group names and the retry and dead-letter topics
 //!   derived from them.
 //! - [`now_ms`], [`parse_size`], [`POP_LOG_TOPIC`]: time, sizes and system names.
@@ -11,6 +13,7 @@
 pub mod handle;
 pub mod message;
 pub mod names;
+pub mod route;
 
 pub use handle::{MalformedHandle, ReceiptHandle};
 

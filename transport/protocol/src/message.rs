@@ -356,6 +356,26 @@ pub fn decode_records(body: &Bytes) -> Result<Vec<StoredMessage>, RecordError> {
     Ok(out)
 }
 
+/// Rewrites the queue id of every record in a PULL body in place (a proxy presenting several
+/// brokers' queues as one broker's).
+pub fn map_record_queue_ids(body: &mut [u8], map: impl Fn(i32) -> i32) -> Result<(), RecordError> {
+    let mut at = 0;
+    while at < body.len() {
+        let field = |b: &[u8], i: usize| {
+            b.get(i..i + 4)
+                .map(|h| i32::from_be_bytes([h[0], h[1], h[2], h[3]]))
+        };
+        let len = field(body, at).ok_or(RecordError("truncated size field"))?;
+        if len < 20 || at + len as usize > body.len() {
+            return Err(RecordError("record size exceeds the body"));
+        }
+        let q = field(body, at + 12).ok_or(RecordError("truncated queue id"))?;
+        body[at + 12..at + 16].copy_from_slice(&map(q).to_be_bytes());
+        at += len as usize;
+    }
+    Ok(())
+}
+
 /// Decodes one stored record (exactly `record.len()` bytes).
 pub fn decode_record(record: &Bytes) -> Result<StoredMessage, RecordError> {
     let mut r = Cursor { b: record, i: 0 };
@@ -597,6 +617,15 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.len(), record_len(&msg));
+        let mut two = out.to_vec();
+        two.extend_from_slice(&out);
+        map_record_queue_ids(&mut two, |q| q + 10).unwrap();
+        let back = decode_records(&Bytes::from(two.clone())).unwrap();
+        assert_eq!(
+            back.iter().map(|m| m.queue_id).collect::<Vec<_>>(),
+            [13, 13]
+        );
+        assert!(map_record_queue_ids(&mut two[..30], |q| q).is_err());
         let m = decode_record(&out.freeze()).unwrap();
         assert_eq!(
             (m.topic.len(), m.queue_id, m.queue_offset, m.physical_offset),
