@@ -103,3 +103,28 @@ mod tests {
         );
     }
 }
+
+/// A refused remoting request (name server, remoting endpoint): the response code and a remark
+/// saying what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Remoting response code.
+    pub code: i32,
+    /// Why.
+    pub remark: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `remark`.
+    pub fn new(code: i32, remark: impl Into<String>) -> Self {
+        Self {
+            code,
+            remark: remark.into(),
+        }
+    }
+
+    /// The response carrying it.
+    pub fn into_response(self) -> rdmq_transport::RemotingCommand {
+        rdmq_transport::RemotingCommand::response(self.code, Some(self.remark))
+    }
+}

@@ -20,6 +20,7 @@ use rdmq_transport::remoting::{Request, Router, Server, ServerConfig, ServerHand
 use rdmq_transport::sync::Plain;
 use rdmq_transport::{AnyTransport, Endpoint, RemotingCommand, Transport};
 
+use crate::error::Refusal;
 use registry::{Registration, Registry};
 
 /// The heartbeat timeout of a registration that does not state one (RocketMQ's default).
@@ -64,15 +65,15 @@ pub enum NameServerError {
 
 type Shared = Arc<Mutex<Registry>>;
 
-fn reply(c: i32, remark: impl Into<String>) -> RemotingCommand {
-    RemotingCommand::response(c, Some(remark.into()))
+fn reply(c: i32, remark: impl Into<String>) -> Refusal {
+    Refusal::new(c, remark)
 }
 
 fn ok() -> RemotingCommand {
     RemotingCommand::response(code::SUCCESS, None)
 }
 
-fn field<'a>(req: &'a RemotingCommand, key: &str) -> Result<&'a str, RemotingCommand> {
+fn field<'a>(req: &'a RemotingCommand, key: &str) -> Result<&'a str, Refusal> {
     req.field(key)
         .filter(|v| !v.is_empty())
         .ok_or_else(|| reply(code::SYSTEM_ERROR, format!("missing header field `{key}`")))
@@ -82,7 +83,7 @@ fn register(
     reg: &Shared,
     req: &RemotingCommand,
     cap: Option<Duration>,
-) -> Result<RemotingCommand, RemotingCommand> {
+) -> Result<RemotingCommand, Refusal> {
     let name = field(req, "brokerName")?;
     let addr = field(req, "brokerAddr")?;
     let cluster = field(req, "clusterName")?;
@@ -151,7 +152,7 @@ fn register(
         .with_field("masterAddr", if id == 0 { "" } else { addr }))
 }
 
-fn route_info(reg: &Shared, req: &RemotingCommand) -> Result<RemotingCommand, RemotingCommand> {
+fn route_info(reg: &Shared, req: &RemotingCommand) -> Result<RemotingCommand, Refusal> {
     let topic = field(req, "topic")?;
     let with_endpoints = req.field(route::ENDPOINTS_FIELD).is_some();
     let mut r = reg.lock().plain();
@@ -183,6 +184,7 @@ fn handle(reg: &Shared, cap: Option<Duration>, req: &Request) -> RemotingCommand
                     code::SYSTEM_ERROR,
                     format!("broker {addr} is not registered"),
                 )
+                .into_response()
             }
         }),
         rc::GET_ROUTEINFO_BY_TOPIC => route_info(reg, cmd),
@@ -210,7 +212,7 @@ fn handle(reg: &Shared, cap: Option<Duration>, req: &Request) -> RemotingCommand
             format!("request code {other} is not supported by the name server"),
         )),
     };
-    r.unwrap_or_else(|e| e)
+    r.unwrap_or_else(Refusal::into_response)
 }
 
 /// A serving name server.

@@ -18,7 +18,7 @@ use rdmq_transport::remoting::{Request, Router, Server, ServerConfig, ServerHand
 use rdmq_transport::{AnyTransport, Endpoint, RemotingCommand, Transport, TransportError};
 
 use crate::cluster::{BrokerRef, Cluster};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Refusal};
 use crate::pb::Code;
 use layout::Layout;
 
@@ -33,24 +33,20 @@ struct Front {
     addr: String,
 }
 
-fn reply(c: i32, remark: impl Into<String>) -> RemotingCommand {
-    RemotingCommand::response(c, Some(remark.into()))
+fn reply(c: i32, remark: impl Into<String>) -> Refusal {
+    Refusal::new(c, remark)
 }
 
-fn refused(e: &ProxyError) -> RemotingCommand {
+fn refused(e: &ProxyError) -> Refusal {
     let c = match e.code {
         Code::TopicNotFound => code::TOPIC_NOT_EXIST,
         Code::TooManyRequests => code::SYSTEM_BUSY,
         _ => code::SYSTEM_ERROR,
     };
-    reply(c, e.message.clone())
+    Refusal::new(c, e.message.clone())
 }
 
-fn field<'a>(
-    cmd: &'a RemotingCommand,
-    short: &str,
-    long: &str,
-) -> Result<&'a str, RemotingCommand> {
+fn field<'a>(cmd: &'a RemotingCommand, short: &str, long: &str) -> Result<&'a str, Refusal> {
     cmd.field(short)
         .or_else(|| cmd.field(long))
         .ok_or_else(|| reply(code::SYSTEM_ERROR, format!("missing header field `{long}`")))
@@ -76,7 +72,7 @@ fn forwarded(cmd: &RemotingCommand) -> RemotingCommand {
 }
 
 impl Front {
-    async fn layout(&self, topic: &str) -> Result<Layout, RemotingCommand> {
+    async fn layout(&self, topic: &str) -> Result<Layout, Refusal> {
         let route = match self.cluster.route(topic).await {
             // A consumer group's retry topic exists once its brokers create it (they
             // register it within a second): ask them directly the first time.
@@ -99,7 +95,7 @@ impl Front {
         Ok(l)
     }
 
-    async fn route_info(&self, cmd: &RemotingCommand) -> Result<RemotingCommand, RemotingCommand> {
+    async fn route_info(&self, cmd: &RemotingCommand) -> Result<RemotingCommand, Refusal> {
         let topic = field(cmd, "topic", "topic")?;
         let l = self.layout(topic).await?;
         let n = l.total() as u32;
@@ -128,7 +124,7 @@ impl Front {
         cmd: &RemotingCommand,
         topic_key: (&str, &str),
         queue_key: (&str, &str),
-    ) -> Result<RemotingCommand, RemotingCommand> {
+    ) -> Result<RemotingCommand, Refusal> {
         let topic = field(cmd, topic_key.0, topic_key.1)?.to_owned();
         let raw = field(cmd, queue_key.0, queue_key.1)?;
         let vq: i32 = raw.trim().parse().map_err(|_| {
@@ -183,15 +179,12 @@ impl Front {
         Ok(resp)
     }
 
-    async fn brokers(&self) -> Result<Vec<BrokerRef>, RemotingCommand> {
+    async fn brokers(&self) -> Result<Vec<BrokerRef>, Refusal> {
         self.cluster.all_brokers().await.map_err(|e| refused(&e))
     }
 
     /// Sends the request to every broker; their answers, successes first.
-    async fn broadcast(
-        &self,
-        cmd: &RemotingCommand,
-    ) -> Result<Vec<RemotingCommand>, RemotingCommand> {
+    async fn broadcast(&self, cmd: &RemotingCommand) -> Result<Vec<RemotingCommand>, Refusal> {
         let brokers = self.brokers().await?;
         if brokers.is_empty() {
             return Err(reply(code::SYSTEM_ERROR, "no live broker"));
@@ -203,21 +196,18 @@ impl Front {
         let mut answers: Vec<RemotingCommand> = crate::cluster::join_all(calls)
             .await
             .into_iter()
-            .map(|r| r.unwrap_or_else(|e| refused(&e)))
+            .map(|r| r.unwrap_or_else(|e| refused(&e).into_response()))
             .collect();
         answers.sort_by_key(|r| r.code != code::SUCCESS);
         Ok(answers)
     }
 
-    async fn to_all(&self, cmd: &RemotingCommand) -> Result<RemotingCommand, RemotingCommand> {
+    async fn to_all(&self, cmd: &RemotingCommand) -> Result<RemotingCommand, Refusal> {
         let mut answers = self.broadcast(cmd).await?;
         Ok(answers.swap_remove(0))
     }
 
-    async fn consumer_list(
-        &self,
-        cmd: &RemotingCommand,
-    ) -> Result<RemotingCommand, RemotingCommand> {
+    async fn consumer_list(&self, cmd: &RemotingCommand) -> Result<RemotingCommand, Refusal> {
         let answers = self.broadcast(cmd).await?;
         let mut ids = BTreeSet::new();
         let mut any = false;
@@ -239,7 +229,7 @@ impl Front {
 
     /// CONSUMER_SEND_MSG_BACK goes to the broker that stored the message, named by the store
     /// host in its offset message id.
-    async fn send_back(&self, cmd: &RemotingCommand) -> Result<RemotingCommand, RemotingCommand> {
+    async fn send_back(&self, cmd: &RemotingCommand) -> Result<RemotingCommand, Refusal> {
         let id = field(cmd, "originMsgId", "originMsgId")?;
         let host = store_host(id).ok_or_else(|| {
             reply(
@@ -285,7 +275,7 @@ impl Front {
                 format!("request code {other} is not supported by the proxy's remoting endpoint"),
             )),
         };
-        r.unwrap_or_else(|e| e)
+        r.unwrap_or_else(Refusal::into_response)
     }
 }
 
