@@ -7,9 +7,11 @@
 //! - [`convert`]: gRPC messages ↔ remoting properties and stored records.
 //! - [`cluster`]: broker connections, routes, and the remoting operations.
 //! - [`remoting`]: the remoting endpoint for RocketMQ remoting clients.
+//! - [`admin`]: the `rdmq-admin` command line.
 //! - [`namesrv`]: the `rdmq-namesrv` name server (broker registry, routes).
 //! - [`RunningProxy`]: start and stop a proxy, optionally with an embedded broker.
 
+pub mod admin;
 pub mod admit;
 pub mod cluster;
 pub mod config;

@@ -512,3 +512,204 @@ async fn a_name_server_cluster_serves_through_either_proxy_and_follows_membershi
     drop(brokers);
     drop(ns);
 }
+
+/// Runs `rdmq-admin` with `args`; its exit code and stdout (stderr on failure).
+fn admin(ns: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rdmq-admin"))
+        .args(["--namesrv", ns])
+        .args(args)
+        .output()
+        .unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    let text = if code == 0 { out.stdout } else { out.stderr };
+    (code, String::from_utf8_lossy(&text).into_owned())
+}
+
+fn admin_json(ns: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let (code, out) = admin(ns, &a);
+    assert_eq!(code, 0, "rdmq-admin {args:?}: {out}");
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap_or_else(|e| panic!("rdmq-admin {args:?} printed no JSON ({e}): {out}"))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn sum(rows: &[serde_json::Value], col: &str) -> i64 {
+    rows.iter().map(|r| r[col].as_i64().unwrap_or(0)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdmq_admin_operates_a_running_cluster() {
+    let dir = TempDir::new("admin");
+    let ns = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rdmq-namesrv"));
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        Proc::spawn("namesrv", cmd, &dir.0, 1)
+    };
+    let ns_addr = ns.url("tcp://").trim_start_matches("tcp://").to_owned();
+    let ns = &ns_addr;
+    let _brokers: Vec<Proc> = ["broker-a", "broker-b"]
+        .iter()
+        .map(|n| broker(&dir, n, ns))
+        .collect();
+    let proxy = proxy(&dir, "proxy", ns);
+    let remoting: Endpoint = format!(
+        "tcp://{}",
+        proxy.url("remoting://").trim_start_matches("remoting://")
+    )
+    .parse()
+    .unwrap();
+
+    let brokers = admin_json(ns, &["cluster", "list"]);
+    let names: BTreeSet<&str> = brokers
+        .iter()
+        .map(|b| b["broker"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["broker-a", "broker-b"]),
+        "{brokers:?}"
+    );
+    let (code, text) = admin(ns, &["cluster", "list"]);
+    assert_eq!(code, 0);
+    assert!(text.starts_with("CLUSTER"), "a table with a header: {text}");
+
+    // Create a topic on both brokers; their registrations bring it to the name server.
+    let created = admin_json(ns, &["topic", "create", "admin-t", "--queues", "3"]);
+    assert_eq!(created.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let route = loop {
+        let (code, out) = admin(ns, &["--json", "topic", "route", "admin-t"]);
+        if code == 0 {
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+            if rows.len() == 2 {
+                break rows;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new topic was routed within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(route.iter().all(|r| r["write_queues"] == 3), "{route:?}");
+    assert!(
+        admin_json(ns, &["topic", "list"])
+            .iter()
+            .any(|t| t["topic"] == "admin-t")
+    );
+
+    // Six messages through the proxy's remoting endpoint, one per virtual queue.
+    let ours = Client::new(TcpTransport::default(), ClientConfig::default());
+    let mut ids = Vec::new();
+    for q in 0..6 {
+        let props = format!("KEYS\u{1}admin-key-{q}\u{2}TAGS\u{1}t\u{2}");
+        let r = ours
+            .invoke(
+                &remoting,
+                RemotingCommand::request(rc::SEND_MESSAGE_V2)
+                    .with_field("a", "admin-producer")
+                    .with_field("b", "admin-t")
+                    .with_field("c", "TBW102")
+                    .with_field("d", "4")
+                    .with_field("e", q.to_string())
+                    .with_field("f", "0")
+                    .with_field("g", rdmq_protocol::now_ms().to_string())
+                    .with_field("h", "0")
+                    .with_field("i", props)
+                    .with_field("j", "0")
+                    .with_field("k", "false")
+                    .with_body(format!("admin body {q}").into_bytes()),
+                Some(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+        assert_eq!(
+            r.field("queueId"),
+            Some(q.to_string().as_str()),
+            "virtual queue id back"
+        );
+        ids.push(r.field("msgId").unwrap().to_owned());
+    }
+    let status = admin_json(ns, &["topic", "status", "admin-t"]);
+    assert_eq!(status.len(), 6, "3 queues on each of 2 brokers");
+    assert_eq!(sum(&status, "max_offset"), 6, "{status:?}");
+
+    // Messages by offset id and by key.
+    let by_id = admin_json(ns, &["message", "id", &ids[4]]);
+    assert_eq!(by_id.len(), 1);
+    assert_eq!(by_id[0]["body"], "admin body 4");
+    assert_eq!(
+        by_id[0]["broker"], "broker-b",
+        "virtual queue 4 is broker-b's queue 1"
+    );
+    let by_key = admin_json(ns, &["message", "key", "admin-t", "admin-key-2"]);
+    assert_eq!(by_key.len(), 1);
+    assert_eq!(by_key[0]["body"], "admin body 2");
+
+    // Groups, progress and reset.
+    assert_eq!(
+        admin_json(ns, &["group", "create", "admin-g", "--max-attempts", "3"]).len(),
+        2
+    );
+    let progress = admin_json(ns, &["consumer", "progress", "admin-g", "admin-t"]);
+    assert_eq!(
+        sum(&progress, "lag"),
+        6,
+        "nothing consumed yet: {progress:?}"
+    );
+    let reset = admin_json(
+        ns,
+        &["consumer", "reset", "admin-g", "admin-t", "--time", "now"],
+    );
+    assert_eq!(sum(&reset, "new_offset"), 6, "{reset:?}");
+    let progress = admin_json(ns, &["consumer", "progress", "admin-g", "admin-t"]);
+    assert_eq!(
+        sum(&progress, "lag"),
+        0,
+        "reset to now skips everything: {progress:?}"
+    );
+    assert_eq!(admin_json(ns, &["group", "delete", "admin-g"]).len(), 2);
+    let (code, err) = admin(ns, &["group", "delete", "admin-g"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does not exist"), "{err}");
+
+    // Delete the topic: gone from the brokers and the name server.
+    assert_eq!(admin_json(ns, &["topic", "delete", "admin-t"]).len(), 2);
+    let (code, err) = admin(ns, &["topic", "route", "admin-t"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+
+    // Bad input says what is wrong.
+    for (args, want_code, want) in [
+        (vec!["topic", "create", "bad/name"], 2, "topic"),
+        (vec!["topic", "create", "t", "--queues", "0"], 2, "--queues"),
+        (
+            vec!["topic", "status", "no-such-topic"],
+            2,
+            "does not exist",
+        ),
+        (
+            vec!["consumer", "reset", "g", "t", "--time", "soon"],
+            2,
+            "time",
+        ),
+        (vec!["message", "id", "not-an-id"], 2, "--topic"),
+        (vec!["frobnicate"], 2, "frobnicate"),
+    ] {
+        let (code, err) = admin(ns, &args);
+        assert_eq!(code, want_code, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let (code, err) = admin("127.0.0.1:1", &["cluster", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unreachable"), "{err}");
+    let (code, err) = admin("nohost", &["cluster", "list"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("HOST:PORT"), "{err}");
+    ours.close(Duration::from_millis(100)).await;
+}

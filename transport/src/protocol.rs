@@ -33,6 +33,7 @@ pub mod request_code {
     pub const GET_TOPICS_BY_CLUSTER: i32 = 224;
     pub const BROKER_HEARTBEAT: i32 = 904;
     pub const UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: i32 = 200;
+    pub const DELETE_SUBSCRIPTIONGROUP: i32 = 207;
     pub const SEND_MESSAGE_V2: i32 = 310;
     pub const SEND_BATCH_MESSAGE: i32 = 320;
     pub const LITE_PULL_MESSAGE: i32 = 361;

@@ -43,6 +43,33 @@ pub(super) async fn update_and_create_topic(
     Ok(ok())
 }
 
+/// DELETE_TOPIC_IN_BROKER: the topic's configuration goes (its messages age out).
+pub(super) async fn delete_topic(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let name = Fields(&req.command).str("topic")?.to_owned();
+    let store = b.store.clone();
+    let n = name.clone();
+    let existed = tokio::task::spawn_blocking(move || store.delete_topic(&n))
+        .await
+        .map_err(|e| {
+            fail(
+                response_code::SYSTEM_ERROR,
+                format!("topic deletion failed: {e}"),
+            )
+        })?
+        .map_err(store_failure)?;
+    if !existed {
+        return Err(fail(
+            response_code::TOPIC_NOT_EXIST,
+            format!(
+                "topic `{name}` does not exist on broker {}",
+                b.info.broker_name
+            ),
+        ));
+    }
+    tracing::info!(topic = %name, "topic deleted");
+    Ok(ok())
+}
+
 /// Most topics one UPDATE_AND_CREATE_TOPIC_LIST may carry.
 pub const MAX_TOPIC_LIST: usize = 10_000;
 

@@ -290,6 +290,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         rc::UPDATE_AND_CREATE_TOPIC_LIST,
         admin::update_and_create_topic_list
     );
+    route!(rc::DELETE_TOPIC_IN_BROKER, admin::delete_topic);
     route!(rc::VIEW_MESSAGE_BY_ID, admin::view_message_by_id);
     route!(rc::QUERY_MESSAGE, admin::query_message);
     route!(rc::HEART_BEAT, admin::heart_beat);
@@ -304,6 +305,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
     route!(rc::BATCH_ACK_MESSAGE, pop::batch_ack);
     route!(rc::CHANGE_MESSAGE_INVISIBLETIME, pop::change_invisible);
     route!(rc::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, pop::create_group);
+    route!(rc::DELETE_SUBSCRIPTIONGROUP, pop::delete_group);
     route!(rc::CONSUMER_SEND_MSG_BACK, pop::send_back);
     r
 }

@@ -213,6 +213,30 @@ pub(super) async fn create_group(b: &Broker, req: Request) -> Result<RemotingCom
     Ok(ok())
 }
 
+/// DELETE_SUBSCRIPTIONGROUP: the group's settings go (on the blocking pool: it is an fsync).
+pub(super) async fn delete_group(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let name = Fields(&req.command).str("groupName")?.to_owned();
+    let pop = b.pop.clone();
+    let n = name.clone();
+    let existed = tokio::task::spawn_blocking(move || pop.delete_group(&n))
+        .await
+        .map_err(|e| {
+            fail(
+                response_code::SYSTEM_ERROR,
+                format!("group deletion failed: {e}"),
+            )
+        })?
+        .map_err(store_failure)?;
+    if !existed {
+        return Err(fail(
+            response_code::SUBSCRIPTION_GROUP_NOT_EXIST,
+            format!("consumer group `{name}` does not exist"),
+        ));
+    }
+    tracing::info!(group = %name, "consumer group deleted");
+    Ok(ok())
+}
+
 /// CONSUMER_SEND_MSG_BACK (36) for a popped message: with `delayLevel` -1 the message named
 /// by the receipt handle in `extraInfo` goes to `%DLQ%<group>` now and its delivery ends
 /// (the proxy's ForwardMessageToDeadLetterQueue). Offset-based send-back of PULL consumers

@@ -194,7 +194,12 @@ pub(super) async fn query_consumer_offset(
     let f = Fields(&req.command);
     let group = f.str("consumerGroup")?;
     let (topic, queue) = checked_queue(b, &f)?;
-    match b.store.committed_offset(group, topic, queue) {
+    // Pull consumers commit offsets; Pop consumers' progress is their acked frontier.
+    let committed = b
+        .store
+        .committed_offset(group, topic, queue)
+        .or_else(|| b.pop.progress(group, topic, queue));
+    match committed {
         Some(o) => Ok(ok().with_field("offset", o.to_string())),
         // A new group on a queue that still holds its first message starts at the beginning.
         None if b.store.offsets(topic, queue).0 == 0 => Ok(ok().with_field("offset", "0")),

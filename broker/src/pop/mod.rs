@@ -348,6 +348,20 @@ impl PopService {
         self.inner.save_groups(generation)
     }
 
+    /// Deletes a group's settings, durably (false when it had none): later pops of the group
+    /// find the defaults, or are refused where groups are not created on first use.
+    pub fn delete_group(&self, name: &str) -> Result<bool, StoreError> {
+        let generation = {
+            let mut groups = self.inner.lock_groups();
+            if groups.remove(name).is_none() {
+                return Ok(false);
+            }
+            self.inner.groups_gate.changed()
+        };
+        self.inner.save_groups(generation)?;
+        Ok(true)
+    }
+
     /// A group's settings.
     pub fn group(&self, name: &str) -> Option<GroupConfig> {
         self.inner.lock_groups().get(name).cloned()
@@ -595,6 +609,20 @@ impl PopService {
         inner.store.wait_stored(end, WAIT).await?;
         inner.store.topic_arrival(&h.topic).notify_waiters();
         Ok(())
+    }
+
+    /// How far `group` has consumed `topic`'s queue by Pop: every offset below is acked
+    /// (`None` when the group never popped there).
+    pub fn progress(&self, group: &str, topic: &str, queue: i32) -> Option<i64> {
+        let key = QueueKey {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue,
+        };
+        let st = self.inner.lock_state();
+        let q = st.queues.get(&key)?;
+        let pending = q.inflight.keys().chain(q.redeliver.keys()).min().copied();
+        Some(pending.map_or(q.cursor, |p| p.min(q.cursor)))
     }
 
     /// Messages in flight (all groups).

@@ -353,6 +353,35 @@ impl Store {
         self.put_topics_unchecked(vec![topic])
     }
 
+    /// Deletes a topic's configuration, durably: it is no longer routed, registered or
+    /// accepted. Its stored messages stay until retention removes them (re-creating the topic
+    /// finds its queues as they were). False when it did not exist.
+    pub fn delete_topic(&self, name: &str) -> Result<bool, StoreError> {
+        let generation = {
+            let mut map = self.shared.topics.write().or_abort("store state");
+            if map.remove(name).is_none() {
+                return Ok(false);
+            }
+            self.shared.topics_gate.changed()
+        };
+        self.save_topics(generation)?;
+        Ok(true)
+    }
+
+    fn save_topics(&self, generation: u64) -> Result<(), StoreError> {
+        self.shared.topics_gate.persist(
+            generation,
+            || {
+                let map = self.shared.topics.read().or_abort("store state");
+                let mut all: Vec<TopicConfig> = map.values().cloned().collect();
+                all.sort_by(|a, b| a.name.cmp(&b.name));
+                all
+            },
+            |all| meta::save_json_compact(&self.shared.cfg.dir, TOPICS, all),
+        )?;
+        Ok(())
+    }
+
     fn put_topics_unchecked(&self, topics: Vec<TopicConfig>) -> Result<(), StoreError> {
         if let Some(t) = topics.iter().find(|t| t.queues() == 0 || t.queues() > 1024) {
             return Err(StoreError::Illegal(format!(
@@ -369,17 +398,7 @@ impl Store {
             }
             self.shared.topics_gate.changed()
         };
-        self.shared.topics_gate.persist(
-            generation,
-            || {
-                let map = self.shared.topics.read().or_abort("store state");
-                let mut all: Vec<TopicConfig> = map.values().cloned().collect();
-                all.sort_by(|a, b| a.name.cmp(&b.name));
-                all
-            },
-            |all| meta::save_json_compact(&self.shared.cfg.dir, TOPICS, all),
-        )?;
-        Ok(())
+        self.save_topics(generation)
     }
 
     // ----- append -------------------------------------------------------------------------------

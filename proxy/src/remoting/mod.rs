@@ -231,7 +231,7 @@ impl Front {
     /// host in its offset message id.
     async fn send_back(&self, cmd: &RemotingCommand) -> Result<RemotingCommand, Refusal> {
         let id = field(cmd, "originMsgId", "originMsgId")?;
-        let host = store_host(id).ok_or_else(|| {
+        let (host, _) = rdmq_protocol::message::offset_msg_id_parts(id).ok_or_else(|| {
             reply(
                 code::SYSTEM_ERROR,
                 format!("originMsgId `{id}` is not an offset message id"),
@@ -277,17 +277,6 @@ impl Front {
         };
         r.unwrap_or_else(Refusal::into_response)
     }
-}
-
-/// The `host:port` in an offset message id (IPv4 + port + physical offset, hex).
-fn store_host(id: &str) -> Option<String> {
-    if id.len() != 32 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let byte = |i: usize| u8::from_str_radix(&id[i * 2..i * 2 + 2], 16).ok();
-    let ip = [byte(0)?, byte(1)?, byte(2)?, byte(3)?];
-    let port = u32::from_str_radix(&id[8..16], 16).ok()?;
-    Some(format!("{}.{}.{}.{}:{port}", ip[0], ip[1], ip[2], ip[3]))
 }
 
 /// Serves the remoting endpoint on `bind`; routes tell clients to come back at
@@ -337,17 +326,4 @@ pub async fn serve(
         });
     }
     Ok(Server::new(transport, router, ServerConfig::default()).serve(listener))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn store_hosts_come_out_of_offset_message_ids() {
-        let id = rdmq_protocol::message::offset_msg_id(
-            rdmq_protocol::message::HostAddr::parse("127.0.0.1:10911"),
-            4096,
-        );
-        assert_eq!(super::store_host(&id).as_deref(), Some("127.0.0.1:10911"));
-        assert_eq!(super::store_host("nothex"), None);
-    }
 }

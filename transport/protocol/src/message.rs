@@ -507,6 +507,17 @@ pub fn parse_offset_msg_id(id: &str) -> Option<i64> {
     i64::from_str_radix(&id[16..], 16).ok()
 }
 
+/// The store host (`ip:port`) and physical offset an offset message id names.
+pub fn offset_msg_id_parts(id: &str) -> Option<(String, i64)> {
+    let off = parse_offset_msg_id(id)?;
+    let b = |i: usize| u8::from_str_radix(&id[i * 2..i * 2 + 2], 16).ok();
+    let port = u32::from_str_radix(&id[8..16], 16).ok()?;
+    Some((
+        format!("{}.{}.{}.{}:{port}", b(0)?, b(1)?, b(2)?, b(3)?),
+        off,
+    ))
+}
+
 /// Decodes the body of SEND_BATCH_MESSAGE: messages encoded as
 /// `totalSize | magic | bodyCRC | flag | bodyLen+body | propsLen(2)+props`.
 pub fn decode_batch(body: &Bytes) -> Result<Vec<(i32, Bytes, String)>, RecordError> {
@@ -585,6 +596,16 @@ mod tests {
         ));
         assert_eq!(Properties::parse("\u{1}x"), Err(PropertiesError::EmptyName));
         assert!(Properties::parse("").unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn offset_ids_name_their_store() {
+        let id = offset_msg_id(HostAddr::parse("10.1.2.3:10911"), 77);
+        assert_eq!(
+            offset_msg_id_parts(&id),
+            Some(("10.1.2.3:10911".to_owned(), 77))
+        );
+        assert_eq!(offset_msg_id_parts("01CLIENTID"), None);
     }
 
     #[test]
