@@ -701,3 +701,107 @@ async fn pop_state_survives_sigkill() {
     );
     client.close(Duration::from_millis(100)).await;
 }
+
+/// What a RocketMQ remoting client or proxy does with a POP answer: it ignores `POP_CK` and
+/// builds each message's `extraInfo` from the header's popTime, invisibleTime, reviveQid and
+/// startOffsetInfo (`retryFlag queueId startOffset;…`), then acks with it.
+fn rocketmq_handles(r: &RemotingCommand) -> Vec<(StoredMessage, String)> {
+    let field = |k: &str| r.field(k).unwrap_or_else(|| panic!("POP answer lacks {k}"));
+    let start: std::collections::HashMap<(String, String), String> = field("startOffsetInfo")
+        .split(';')
+        .map(|e| {
+            let p: Vec<&str> = e.split(' ').collect();
+            assert_eq!(p.len(), 3, "startOffsetInfo entry `{e}`");
+            ((p[0].to_owned(), p[1].to_owned()), p[2].to_owned())
+        })
+        .collect();
+    let offsets = field("msgOffsetInfo");
+    message::decode_records(&r.body)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            let flag = if m.topic.starts_with("%RETRY%") {
+                "2"
+            } else {
+                "0"
+            };
+            let q = m.queue_id.to_string();
+            assert!(
+                offsets.split(';').any(|e| {
+                    let p: Vec<&str> = e.split(' ').collect();
+                    p[0] == flag
+                        && p[1] == q
+                        && p[2].split(',').any(|o| o == m.queue_offset.to_string())
+                }),
+                "msgOffsetInfo `{offsets}` lists {q}/{}",
+                m.queue_offset
+            );
+            let ck = &start[&(flag.to_owned(), q.clone())];
+            let extra = format!(
+                "{ck} {} {} {} {flag} broker-a {q} {}",
+                field("popTime"),
+                field("invisibleTime"),
+                field("reviveQid"),
+                m.queue_offset
+            );
+            (m, extra)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn rocketmq_style_extra_info_handles_ack_and_change_like_our_own() {
+    let h = broker().await;
+    h.call(create_topic("foreign", 2)).await;
+    for i in 0..4 {
+        let r = h
+            .call(send("foreign", i % 2, &props(&[("TAGS", "t")]), b"x"))
+            .await;
+        assert_eq!(r.code, code::SUCCESS);
+    }
+    let r = h.call(PopArgs::new("gf", "foreign").request()).await;
+    assert_eq!(r.code, code::SUCCESS);
+    let got = rocketmq_handles(&r);
+    assert_eq!(got.len(), 4);
+    // Ack two, each with the offset field RocketMQ's ACK header carries.
+    for (m, extra) in &got[..2] {
+        let r = h
+            .call(ack("gf", "foreign", extra).with_field("offset", m.queue_offset.to_string()))
+            .await;
+        assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    }
+    let again = h.call(ack("gf", "foreign", &got[0].1)).await;
+    assert_eq!(
+        again.code,
+        code::NO_MESSAGE,
+        "acked twice: {:?}",
+        again.remark
+    );
+    // Change the third: the old extraInfo is superseded; one built from the answer works.
+    let (m, extra) = &got[2];
+    let r = h.call(change("gf", "foreign", extra, 60_000)).await;
+    assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    let stale = h.call(ack("gf", "foreign", extra)).await;
+    assert_eq!(stale.code, code::NO_MESSAGE, "{:?}", stale.remark);
+    let renewed = format!(
+        "{} {} {} 0 0 broker-a {} {}",
+        m.queue_offset,
+        r.field("popTime").unwrap(),
+        r.field("invisibleTime").unwrap(),
+        m.queue_id,
+        m.queue_offset
+    );
+    let r = h.call(ack("gf", "foreign", &renewed)).await;
+    assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    // Garbage is refused clearly; our own handle still works for the fourth.
+    let r = h.call(ack("gf", "foreign", "0 1 2 x")).await;
+    assert_eq!(r.code, code::INVALID_PARAMETER);
+    let own = Properties::parse(&got[3].0.properties)
+        .unwrap()
+        .get("POP_CK")
+        .unwrap()
+        .to_owned();
+    let r = h.call(ack("gf", "foreign", &own)).await;
+    assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    h.stop().await;
+}

@@ -49,11 +49,24 @@ pub(super) async fn pop(b: &Broker, req: Request) -> Result<RemotingCommand, Rej
         fifo: f.0.field("order").is_some_and(|v| v == "true"),
     };
     let res = b.pop.pop(&r).await.map_err(pop_failure)?;
+    // What RocketMQ clients and proxies build their receipt handles (`extraInfo`) from.
+    let (start, offsets) = rdmq_protocol::handle::pop_offset_info(
+        res.messages
+            .iter()
+            .map(|m| (m.handle.topic.as_str(), m.handle.queue, m.handle.offset)),
+    );
     let header = |c: RemotingCommand| {
-        c.with_field("popTime", res.pop_time.to_string())
+        let c = c
+            .with_field("popTime", res.pop_time.to_string())
             .with_field("invisibleTime", res.invisible_ms.to_string())
             .with_field("reviveQid", "0")
-            .with_field("restNum", res.rest.to_string())
+            .with_field("restNum", res.rest.to_string());
+        if start.is_empty() {
+            c
+        } else {
+            c.with_field("startOffsetInfo", &start)
+                .with_field("msgOffsetInfo", &offsets)
+        }
     };
     if res.messages.is_empty() {
         let code = if poll_ms > 0 {
@@ -70,11 +83,25 @@ pub(super) async fn pop(b: &Broker, req: Request) -> Result<RemotingCommand, Rej
     Ok(header(ok()).with_body(body.freeze()))
 }
 
-/// The handle of an ACK or CHANGE request, checked against the header's offset.
-fn handle_of<'a>(f: &Fields<'a>) -> Result<&'a str, Reject> {
+/// The handle of an ACK or CHANGE request, checked against the header's offset: this
+/// broker's own, or RocketMQ's `extraInfo` (translated to the delivery it names).
+fn handle_of(b: &Broker, f: &Fields<'_>) -> Result<String, Reject> {
     let raw = f.str("extraInfo")?;
+    let raw = match ReceiptHandle::parse(raw) {
+        Ok(_) => raw.to_owned(),
+        Err(own) => match rdmq_protocol::ExtraInfo::parse(raw) {
+            Ok(e) => {
+                let group = f.str("consumerGroup")?;
+                let topic = e.stored_topic(f.str("topic")?, group);
+                b.pop
+                    .native_handle(group, &topic, &e)
+                    .map_err(pop_failure)?
+            }
+            Err(_) => return Err(fail(response_code::INVALID_PARAMETER, own.to_string())),
+        },
+    };
     if let Some(off) = f.opt_num::<i64>("offset")? {
-        let h = ReceiptHandle::parse(raw)
+        let h = ReceiptHandle::parse(&raw)
             .map_err(|e| fail(response_code::INVALID_PARAMETER, e.to_string()))?;
         if h.offset != off {
             return Err(fail(
@@ -92,19 +119,19 @@ fn handle_of<'a>(f: &Fields<'a>) -> Result<&'a str, Reject> {
 pub(super) async fn ack(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
     let f = Fields(&req.command);
     let group = f.str("consumerGroup")?;
-    let handle = handle_of(&f)?;
-    b.pop.ack(group, handle).await.map_err(pop_failure)?;
+    let handle = handle_of(b, &f)?;
+    b.pop.ack(group, &handle).await.map_err(pop_failure)?;
     Ok(ok())
 }
 
 pub(super) async fn change_invisible(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
     let f = Fields(&req.command);
     let group = f.str("consumerGroup")?;
-    let handle = handle_of(&f)?;
+    let handle = handle_of(b, &f)?;
     let invisible: i64 = f.num("invisibleTime")?;
     let new = b
         .pop
-        .change_invisible(group, handle, invisible)
+        .change_invisible(group, &handle, invisible)
         .await
         .map_err(pop_failure)?;
     Ok(ok()

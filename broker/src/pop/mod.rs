@@ -611,6 +611,49 @@ impl PopService {
         Ok(())
     }
 
+    /// This broker's own handle for a message a RocketMQ client names by its `extraInfo`
+    /// (queue, offset and pop time): the delivery in flight at that place, if its pop time
+    /// matches (a later delivery or a change has another one).
+    pub fn native_handle(
+        &self,
+        group: &str,
+        topic: &str,
+        e: &rdmq_protocol::ExtraInfo,
+    ) -> Result<String, PopError> {
+        let key = QueueKey {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue: e.queue,
+        };
+        let st = self.inner.lock_state();
+        let f = st
+            .queues
+            .get(&key)
+            .and_then(|q| q.inflight.get(&e.offset))
+            .ok_or_else(|| {
+                PopError::Expired(format!(
+                    "no delivery of {topic}@{} offset {} is in flight for group `{group}`",
+                    e.queue, e.offset
+                ))
+            })?;
+        if f.pop_time != e.pop_time {
+            return Err(PopError::Stale(format!(
+                "the handle of {topic}@{} offset {} was superseded",
+                e.queue, e.offset
+            )));
+        }
+        Ok(ReceiptHandle {
+            pop_time: f.pop_time,
+            invisible: f.invisible,
+            seq: f.seq,
+            queue: e.queue,
+            offset: e.offset,
+            broker: self.inner.cfg.broker_name.clone(),
+            topic: topic.to_owned(),
+        }
+        .to_string())
+    }
+
     /// How far `group` has consumed `topic`'s queue by Pop: every offset below is acked
     /// (`None` when the group never popped there).
     pub fn progress(&self, group: &str, topic: &str, queue: i32) -> Option<i64> {

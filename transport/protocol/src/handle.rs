@@ -91,9 +91,169 @@ impl fmt::Display for ReceiptHandle {
     }
 }
 
+/// RocketMQ's own receipt handle, the `extraInfo` its clients and proxies build from a POP
+/// answer's header and send back on ack: `ckQueueOffset popTime invisibleTime reviveQid
+/// retryFlag brokerName queueId queueOffset`, space-separated (later fields, such as the
+/// proxy's commit-log offset, are ignored). The retry flag says which topic the message was
+/// popped from: 0 the topic itself, 1 or 2 the group's retry topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraInfo {
+    /// Start offset of the pop on that queue (the checkpoint's).
+    pub ck_offset: i64,
+    /// Pop instant (ms).
+    pub pop_time: i64,
+    /// Invisible time (ms).
+    pub invisible: i64,
+    /// Revive queue.
+    pub revive_qid: i32,
+    /// 0 normal topic, 1 retry topic (v1), 2 retry topic (v2).
+    pub retry: u8,
+    /// Broker that popped it.
+    pub broker: String,
+    /// Queue.
+    pub queue: i32,
+    /// Offset in the queue.
+    pub offset: i64,
+}
+
+impl ExtraInfo {
+    /// Parses the text form.
+    pub fn parse(s: &str) -> Result<ExtraInfo, MalformedHandle> {
+        let f: Vec<&str> = s.split(' ').collect();
+        if f.len() < 8 {
+            return Err(MalformedHandle("extraInfo has fewer than 8 fields"));
+        }
+        let num =
+            |i: usize, what: &'static str| f[i].parse::<i64>().map_err(|_| MalformedHandle(what));
+        let retry = match f[4] {
+            "0" => 0,
+            "1" => 1,
+            "2" => 2,
+            _ => return Err(MalformedHandle("retry flag")),
+        };
+        if f[5].is_empty() {
+            return Err(MalformedHandle("broker name"));
+        }
+        let e = ExtraInfo {
+            ck_offset: num(0, "checkpoint offset")?,
+            pop_time: num(1, "pop time")?,
+            invisible: num(2, "invisible time")?,
+            revive_qid: f[3].parse().map_err(|_| MalformedHandle("revive queue"))?,
+            retry,
+            broker: f[5].to_owned(),
+            queue: f[6].parse().map_err(|_| MalformedHandle("queue"))?,
+            offset: num(7, "queue offset")?,
+        };
+        if e.queue < 0 || e.offset < 0 || e.invisible < 0 {
+            return Err(MalformedHandle("negative field"));
+        }
+        Ok(e)
+    }
+
+    /// The topic the message is stored in, given the topic and group of the request.
+    pub fn stored_topic(&self, topic: &str, group: &str) -> String {
+        match self.retry {
+            0 => topic.to_owned(),
+            _ if topic.starts_with(crate::names::RETRY_PREFIX) => topic.to_owned(),
+            _ => crate::names::retry_topic(group, topic),
+        }
+    }
+
+    /// The retry flag of messages popped from `topic`.
+    pub fn retry_flag(topic: &str) -> u8 {
+        match topic.strip_prefix(crate::names::RETRY_PREFIX) {
+            Some(rest) if rest.contains('+') => 2,
+            Some(_) => 1,
+            None => 0,
+        }
+    }
+}
+
+impl fmt::Display for ExtraInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {} {} {} {} {}",
+            self.ck_offset,
+            self.pop_time,
+            self.invisible,
+            self.revive_qid,
+            self.retry,
+            self.broker,
+            self.queue,
+            self.offset
+        )
+    }
+}
+
+/// The `startOffsetInfo` and `msgOffsetInfo` fields of a POP answer, from which RocketMQ
+/// clients and proxies build each message's [`ExtraInfo`]: per `(topic, queue)` popped from,
+/// in order, `retryFlag queueId startOffset` and `retryFlag queueId offset,offset,…`, entries
+/// separated by `;`.
+pub fn pop_offset_info<'a>(
+    popped: impl IntoIterator<Item = (&'a str, i32, i64)>,
+) -> (String, String) {
+    let mut groups: Vec<(u8, i32, Vec<i64>)> = Vec::new();
+    for (topic, queue, offset) in popped {
+        let flag = ExtraInfo::retry_flag(topic);
+        match groups
+            .iter_mut()
+            .find(|(f, q, _)| *f == flag && *q == queue)
+        {
+            Some(g) => g.2.push(offset),
+            None => groups.push((flag, queue, vec![offset])),
+        }
+    }
+    let start = groups
+        .iter()
+        .map(|(f, q, o)| format!("{f} {q} {}", o[0]))
+        .collect::<Vec<_>>()
+        .join(";");
+    let offsets = groups
+        .iter()
+        .map(|(f, q, o)| {
+            let list: Vec<String> = o.iter().map(i64::to_string).collect();
+            format!("{f} {q} {}", list.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    (start, offsets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rocketmq_extra_info_parses_and_names_the_stored_topic() {
+        let e = ExtraInfo::parse("5 1700000000000 30000 0 2 broker-a 3 7 99").unwrap();
+        assert_eq!((e.ck_offset, e.queue, e.offset, e.retry), (5, 3, 7, 2));
+        assert_eq!(e.broker, "broker-a");
+        assert_eq!(e.stored_topic("orders", "g"), "%RETRY%g+orders");
+        assert_eq!(ExtraInfo::parse(&e.to_string()).unwrap(), e);
+        let n = ExtraInfo::parse("0 1 2 0 0 b 0 0").unwrap();
+        assert_eq!(n.stored_topic("orders", "g"), "orders");
+        for bad in [
+            "",
+            "0 1 2 0 0 b 0",
+            "0 1 2 0 9 b 0 0",
+            "0 1 2 0 0 b -1 0",
+            "x 1 2 0 0 b 0 0",
+        ] {
+            assert!(ExtraInfo::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ExtraInfo::retry_flag("%RETRY%g+t"), 2);
+        assert_eq!(ExtraInfo::retry_flag("%RETRY%g"), 1);
+        assert_eq!(ExtraInfo::retry_flag("t"), 0);
+    }
+
+    #[test]
+    fn pop_offset_info_groups_by_queue() {
+        let (start, offsets) =
+            pop_offset_info([("t", 1, 5), ("t", 1, 6), ("%RETRY%g+t", 0, 2), ("t", 2, 9)]);
+        assert_eq!(start, "0 1 5;2 0 2;0 2 9");
+        assert_eq!(offsets, "0 1 5,6;2 0 2;0 2 9");
+    }
 
     #[test]
     fn round_trips_and_rejects_garbage() {

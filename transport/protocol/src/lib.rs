@@ -15,7 +15,7 @@ pub mod message;
 pub mod names;
 pub mod route;
 
-pub use handle::{MalformedHandle, ReceiptHandle};
+pub use handle::{ExtraInfo, MalformedHandle, ReceiptHandle};
 
 /// The system topic that logs every pop and ack before the consumer hears of it.
 pub const POP_LOG_TOPIC: &str = "rmq_sys_POP_LOG";
