@@ -805,3 +805,50 @@ async fn rocketmq_style_extra_info_handles_ack_and_change_like_our_own() {
     assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn rocketmq_batch_ack_bodies_ack_by_bit_set() {
+    let h = broker().await;
+    h.call(create_topic("bat", 1)).await;
+    for _ in 0..5 {
+        let r = h.call(send("bat", 0, &props(&[("TAGS", "t")]), b"x")).await;
+        assert_eq!(r.code, code::SUCCESS);
+    }
+    let r = h.call(PopArgs::new("gb", "bat").request()).await;
+    let got = rocketmq_handles(&r);
+    assert_eq!(got.len(), 5);
+    let start = got[0].0.queue_offset;
+    let pt: i64 = r.field("popTime").unwrap().parse().unwrap();
+    let batch = |bits: serde_json::Value| {
+        RemotingCommand::request(rc::BATCH_ACK_MESSAGE).with_body(
+            serde_json::json!({"brokerName": "broker-a", "acks": [{
+                "c": "gb", "t": "bat", "r": "0", "so": start, "q": 0, "rq": 0,
+                "pt": pt, "it": 5000, "b": bits}]})
+            .to_string()
+            .into_bytes(),
+        )
+    };
+    // Offsets start+0 and start+2 as bytes (rocketmq-rust), then start+1 as base64 (Java).
+    let r = h
+        .call(batch(serde_json::json!([0b101, 0, 0, 0, 0, 0, 0, 0])))
+        .await;
+    assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    let r = h.call(batch(serde_json::json!("Ag=="))).await;
+    assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    for (i, (_, extra)) in got.iter().enumerate() {
+        let r = h.call(ack("gb", "bat", extra)).await;
+        let want = if i < 3 {
+            code::NO_MESSAGE
+        } else {
+            code::SUCCESS
+        };
+        assert_eq!(r.code, want, "message {i}: {:?}", r.remark);
+    }
+    // Acking twice, or a malformed body, is refused with the reason.
+    let r = h.call(batch(serde_json::json!([1]))).await;
+    assert_eq!(r.code, code::NO_MESSAGE, "{:?}", r.remark);
+    let r = h.call(batch(serde_json::json!(7))).await;
+    assert_eq!(r.code, code::INVALID_PARAMETER);
+    assert!(r.remark.unwrap().contains("bit set"));
+    h.stop().await;
+}

@@ -3,8 +3,10 @@
 //! CONSUMER_SEND_MSG_BACK (36) of popped messages to the dead-letter topic.
 //!
 //! Receipt handles travel in `extraInfo` (ack, change) and in each popped record's `POP_CK`
-//! property. BATCH_ACK_MESSAGE takes a JSON body `{"consumerGroup": …, "receiptHandles": […]}`
-//! and answers `{"results": [{"code": …, "remark": …}, …]}` in the same order.
+//! property; RocketMQ's `extraInfo` built from the POP answer's header is accepted too.
+//! BATCH_ACK_MESSAGE takes rdmq's JSON body `{"consumerGroup": …, "receiptHandles": […]}`
+//! (answered `{"results": [{"code": …, "remark": …}, …]}` in the same order) or RocketMQ's
+//! `{"brokerName": …, "acks": [BatchAck…]}` (answered with one code).
 
 use bytes::BytesMut;
 use rdmq_transport::RemotingCommand;
@@ -148,7 +150,136 @@ struct BatchAck {
     receipt_handles: Vec<String>,
 }
 
+/// RocketMQ's `BatchAckMessageRequestBody`: `{"brokerName", "acks": [{"c": group, "t": topic,
+/// "r": retry flag, "so": start offset, "q": queue, "rq": revive queue, "pt": pop time,
+/// "it": invisible time, "b": bit set}]}`, bit `i` acking offset `so + i`; the bit set is the
+/// bytes of the set (least significant bit first) as a number array or a base64 string.
+fn rocketmq_batch(b: &Broker, v: &serde_json::Value) -> Result<Vec<(String, String)>, Reject> {
+    let bad = |m: String| fail(response_code::INVALID_PARAMETER, format!("batch ack: {m}"));
+    let acks = v["acks"]
+        .as_array()
+        .ok_or_else(|| bad("`acks` is not a list".into()))?;
+    let mut out = Vec::new();
+    for a in acks {
+        let s = |k: &str, long: &str| {
+            a.get(k)
+                .or_else(|| a.get(long))
+                .and_then(|x| x.as_str())
+                .ok_or_else(|| bad(format!("an ack lacks `{k}`")))
+        };
+        let n = |k: &str, long: &str| {
+            a.get(k)
+                .or_else(|| a.get(long))
+                .and_then(|x| x.as_i64())
+                .ok_or_else(|| bad(format!("an ack lacks `{k}`")))
+        };
+        let group = s("c", "consumerGroup")?;
+        let topic = s("t", "topic")?;
+        let retry = a
+            .get("r")
+            .or_else(|| a.get("retry"))
+            .and_then(|r| r.as_str())
+            == Some("1");
+        let start = n("so", "startOffset")?;
+        let queue = n("q", "queueId")? as i32;
+        let pop_time = n("pt", "popTime")?;
+        let bits = match a.get("b").or_else(|| a.get("bitSet")) {
+            Some(serde_json::Value::Array(x)) => x
+                .iter()
+                .map(|v| v.as_u64().filter(|b| *b < 256).map(|b| b as u8))
+                .collect::<Option<Vec<u8>>>()
+                .ok_or_else(|| bad("bit set bytes out of range".into()))?,
+            Some(serde_json::Value::String(b64)) => {
+                base64_decode(b64).ok_or_else(|| bad("bit set is not base64".into()))?
+            }
+            _ => return Err(bad("an ack lacks its bit set `b`".into())),
+        };
+        if bits.len() > 128 {
+            return Err(bad(format!(
+                "bit set of {} bytes (at most 128)",
+                bits.len()
+            )));
+        }
+        for (i, byte) in bits.iter().enumerate() {
+            for j in 0..8 {
+                if byte & (1 << j) == 0 {
+                    continue;
+                }
+                let e = rdmq_protocol::ExtraInfo {
+                    ck_offset: start,
+                    pop_time,
+                    invisible: 0,
+                    revive_qid: 0,
+                    retry: u8::from(retry),
+                    broker: b.info.broker_name.clone(),
+                    queue,
+                    offset: start + (i * 8 + j) as i64,
+                };
+                let stored = e.stored_topic(topic, group);
+                let h = b
+                    .pop
+                    .native_handle(group, &stored, &e)
+                    .map_err(pop_failure)?;
+                out.push((group.to_owned(), h));
+            }
+        }
+    }
+    if out.is_empty() || out.len() > 1024 {
+        return Err(bad(format!(
+            "a batch ack acks 1 to 1024 messages, got {}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' | b'-' => Some(62),
+        b'/' | b'_' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut n) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        acc = (acc << 6) | u32::from(val(c)?);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((acc >> n) as u8);
+        }
+    }
+    Some(out)
+}
+
 pub(super) async fn batch_ack(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&req.command.body)
+        && v.get("acks").is_some()
+    {
+        let acks = rocketmq_batch(b, &v)?;
+        let mut by_group: Vec<(String, Vec<String>)> = Vec::new();
+        for (g, h) in acks {
+            match by_group.iter_mut().find(|(n, _)| *n == g) {
+                Some((_, hs)) => hs.push(h),
+                None => by_group.push((g, vec![h])),
+            }
+        }
+        for (g, hs) in by_group {
+            if let Some(Err(e)) = b
+                .pop
+                .ack_batch(&g, &hs)
+                .await
+                .into_iter()
+                .find(|r| r.is_err())
+            {
+                return Err(pop_failure(e));
+            }
+        }
+        return Ok(ok());
+    }
     let batch: BatchAck = serde_json::from_slice(&req.command.body).map_err(|e| {
         fail(
             response_code::INVALID_PARAMETER,
