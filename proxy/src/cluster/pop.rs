@@ -128,12 +128,13 @@ impl Cluster {
         let resp = self.call(&b.name, &b.endpoint, req, timeout).await?;
         match resp.code {
             rc::SUCCESS => {
-                let messages = message::decode_records(&resp.body).map_err(|e| {
+                let mut messages = message::decode_records(&resp.body).map_err(|e| {
                     ProxyError::new(
                         Code::InternalServerError,
                         format!("broker {} sent undecodable records: {e}", b.name),
                     )
                 })?;
+                give_foreign_handles(&mut messages, &resp, &b.name, &args.topic);
                 Ok(Some(PoppedBatch {
                     broker: b.name.clone(),
                     invisible_ms: resp
@@ -150,6 +151,58 @@ impl Cluster {
                 resp.remark.as_deref(),
             )),
         }
+    }
+}
+
+/// A RocketMQ broker puts no handle into the records: each message without `POP_CK` gets
+/// one built from the answer's header, as RocketMQ's clients build theirs.
+fn give_foreign_handles(
+    messages: &mut [StoredMessage],
+    resp: &RemotingCommand,
+    broker: &str,
+    topic: &str,
+) {
+    let num = |k: &str| resp.field(k).and_then(|v| v.parse::<i64>().ok());
+    let starts: Vec<(u8, i32, i64)> = resp
+        .field("startOffsetInfo")
+        .unwrap_or("")
+        .split(';')
+        .filter_map(|e| {
+            let mut p = e.split(' ');
+            Some((
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+            ))
+        })
+        .collect();
+    for m in messages {
+        let Ok(mut props) = message::Properties::parse(&m.properties) else {
+            continue;
+        };
+        if props.get(message::prop::POP_CK).is_some() {
+            continue;
+        }
+        let retry = rdmq_protocol::ExtraInfo::retry_flag(&m.topic);
+        let ck = starts
+            .iter()
+            .find(|(f, q, _)| *f == retry && *q == m.queue_id)
+            .map_or(m.queue_offset, |s| s.2);
+        let e = rdmq_protocol::ExtraInfo {
+            ck_offset: ck,
+            pop_time: num("popTime").unwrap_or(0),
+            invisible: num("invisibleTime").unwrap_or(0),
+            revive_qid: num("reviveQid").unwrap_or(0) as i32,
+            retry,
+            broker: broker.to_owned(),
+            queue: m.queue_id,
+            offset: m.queue_offset,
+        };
+        props.set(
+            message::prop::POP_CK,
+            super::handle::foreign_handle(&e, topic),
+        );
+        m.properties = props.encode();
     }
 }
 
