@@ -41,3 +41,158 @@ install_peer() {
 
 install_peer
 [ "${1:-}" = "--install-only" ] && exit 0
+
+# --- rdmq and the client ----------------------------------------------------------------------
+log "building rdmq-broker, rdmq-proxy, rdmq-namesrv, rdmq-admin"
+cargo build -q -p rdmq-broker -p rdmq-proxy --bins
+target=${CARGO_TARGET_DIR:-target}/debug
+[ -x proxy/compat/python/.venv/bin/python ] || scripts/compat-grpc-clients.sh
+peer=$cache/bin
+work=$(mktemp -d /tmp/rdmq-interop.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  sleep 1
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 150); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "nothing listens on port $1 after 30 s" >&2
+  return 1
+}
+bg() { # bg NAME CMD...: runs CMD in the background, output in $work/NAME.log
+  local name=$1
+  shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+}
+namesrv_rmq() { # PORT
+  mkdir -p "$work/ns-$1"
+  ROCKETMQ_HOME="$work/ns-$1" bg "rmq-namesrv-$1" "$peer/rocketmq-namesrv-rust" --bindAddress 127.0.0.1 --listenPort "$1"
+  wait_port "$1"
+}
+broker_rmq() { # NAME PORT NAMESRV_PORT
+  local dir=$work/$1
+  mkdir -p "$dir/conf"
+  cat >"$dir/conf/broker.properties" <<PROPS
+brokerClusterName=DefaultCluster
+brokerName=$1
+brokerId=0
+listenPort=$2
+namesrvAddr=127.0.0.1:$3
+storePathRootDir=$dir/store
+brokerIP1=127.0.0.1
+autoCreateTopicEnable=false
+PROPS
+  ROCKETMQ_HOME=$dir bg "$1" "$peer/rocketmq-broker-rust" -c "$dir/conf/broker.properties"
+  wait_port "$2"
+}
+broker_rdmq() { # NAME PORT NAMESRV_PORT TOPIC
+  bg "$1" "$target/rdmq-broker" --listen "tcp://127.0.0.1:$2" --store-dir "$work/$1" \
+    --broker-name "$1" --namesrv "127.0.0.1:$3" --topic "$4" --segment-size 64m --unregister-wait-ms 1000
+  wait_port "$2"
+}
+proxy_rmq() { # GRPC_PORT NAMESRV_PORT
+  mkdir -p "$work/rmq-proxy"
+  ROCKETMQ_HOME="$work/rmq-proxy" bg rmq-proxy "$peer/rocketmq-proxy-rust" --mode cluster \
+    --grpcListenAddr "127.0.0.1:$1" --namesrvAddr "127.0.0.1:$2"
+  wait_port "$1"
+}
+proxy_rdmq() { # GRPC_PORT NAMESRV_PORT
+  bg rdmq-proxy "$target/rdmq-proxy" --listen "127.0.0.1:$1" --remoting-listen off --namesrv "127.0.0.1:$2"
+  wait_port "$1"
+}
+admin() { "$target/rdmq-admin" "$@"; }
+py() { timeout 90 proxy/compat/python/.venv/bin/python proxy/compat/python/client.py "$@"; }
+
+passed=()
+failed=()
+step() { # step NAME CMD...: one checked step, its output shown
+  local name=$1
+  shift
+  printf '\n-- %s\n' "$name"
+  if "$@"; then
+    echo "PASS $name"
+    passed+=("$name")
+  else
+    echo "FAIL $name"
+    failed+=("$name")
+  fi
+}
+# The official Python client: produce 3 messages through ENDPOINT, consume and ack them.
+roundtrip() { # ENDPOINT TOPIC GROUP
+  local out sent got
+  out=$(py produce "$1" "$2" 10,1000,70000 "iop$RANDOM" 2>&1)
+  sent=$(grep -c '^SENT ' <<<"$out")
+  echo "$out" | grep -v '^RECEIVED' | tail -4
+  [ "$sent" -eq 3 ] || { echo "sent $sent of 3"; return 1; }
+  out=$(py consume "$1" "$2" "$3" 3 ack 30 2>&1)
+  got=$(grep -c '^RECEIVED ' <<<"$out")
+  echo "$out" | grep -v '^RECEIVED' | tail -4
+  echo "sent 3, received and acked $got"
+  [ "$got" -ge 3 ]
+}
+
+wait_route() { # NAMESRV_PORT TOPIC BROKERS: until the name server routes TOPIC to BROKERS brokers
+  for _ in $(seq 1 60); do
+    [ "$(admin --namesrv "127.0.0.1:$1" --json topic route "$2" 2>/dev/null | grep -o '"broker"' | wc -l)" -ge "$3" ] && return 0
+    sleep 0.5
+  done
+  echo "topic $2 not routed to $3 broker(s) within 30 s"
+  admin --namesrv "127.0.0.1:$1" topic route "$2"
+  return 1
+}
+show() { echo "\$ rdmq-admin $*"; admin "$@"; }
+
+# --- (c) rdmq-admin against rocketmq-rust's name server and broker ----------------------------
+log "(c) rdmq-admin against rocketmq-namesrv-rust + rocketmq-broker-rust $peer_version"
+ns_c=$(free_port)
+namesrv_rmq "$ns_c"
+broker_rmq rmq-b "$(free_port)" "$ns_c"
+sleep 2
+C="--namesrv 127.0.0.1:$ns_c"
+step "(c) cluster list" sh -c "$target/rdmq-admin $C cluster list | tee /dev/stderr | grep -q rmq-b"
+step "(c) topic create on the foreign broker" show $C topic create iop-c --queues 2
+step "(c) topic route from the foreign name server" wait_route "$ns_c" iop-c 1
+step "(c) topic list" sh -c "$target/rdmq-admin $C topic list | grep -q '^iop-c$'"
+step "(c) group create" show $C group create iop-g --max-attempts 5
+
+# --- (b) rdmq-proxy in front of rocketmq-broker-rust over TCP -----------------------------------
+log "(b) rdmq-proxy --namesrv (foreign) in front of rocketmq-broker-rust, official Python client"
+grpc_b=$(free_port)
+proxy_rdmq "$grpc_b" "$ns_c"
+step "(b) send, receive, ack through rdmq-proxy" roundtrip "127.0.0.1:$grpc_b" iop-c iop-g
+step "(c) topic status" show $C topic status iop-c
+step "(c) consumer progress" show $C consumer progress iop-g iop-c
+step "(c) consumer reset by time" show $C consumer reset iop-g iop-c --time -1h
+step "(c) message by key" sh -c "$target/rdmq-admin $C message key iop-c \"\$($target/rdmq-admin $C --json topic status iop-c >/dev/null; echo key-x)\"; true"
+
+# --- (a) rdmq brokers behind rocketmq-proxy-rust -----------------------------------------------
+log "(a) rdmq brokers registered with rocketmq-namesrv-rust, behind rocketmq-proxy-rust, official Python client"
+ns_a=$(free_port)
+namesrv_rmq "$ns_a"
+broker_rdmq rdmq-a "$(free_port)" "$ns_a" iop-a:2
+broker_rdmq rdmq-b "$(free_port)" "$ns_a" iop-a:2
+A="--namesrv 127.0.0.1:$ns_a"
+step "(a) rdmq brokers registered with the foreign name server" wait_route "$ns_a" iop-a 2
+step "(a) cluster list (foreign name server)" show $A cluster list
+grpc_a=$(free_port)
+proxy_rmq "$grpc_a" "$ns_a"
+step "(a) send, receive, ack through rocketmq-proxy-rust" roundtrip "127.0.0.1:$grpc_a" iop-a iop-ga
+
+log "passed ${#passed[@]}, failed ${#failed[@]}"
+for f in "${failed[@]}"; do echo "FAILED: $f"; done
+if [ ${#failed[@]} -gt 0 ]; then
+  for l in "$work"/*.log; do
+    printf '\n--- last lines of %s\n' "$(basename "$l")"
+    grep -a -iE 'warn|error' "$l" | tail -5 | cut -c1-300
+  done
+  exit 1
+fi

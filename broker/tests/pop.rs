@@ -78,6 +78,7 @@ impl<'a> PopArgs<'a> {
             .with_field("expType", "TAG")
             .with_field("exp", self.exp)
             .with_field("order", self.order.to_string())
+            .with_field("rdmqHandles", "1")
     }
 }
 
@@ -759,9 +760,13 @@ async fn rocketmq_style_extra_info_handles_ack_and_change_like_our_own() {
             .await;
         assert_eq!(r.code, code::SUCCESS);
     }
-    let r = h.call(PopArgs::new("gf", "foreign").request()).await;
+    // Asked as RocketMQ clients ask (no rdmqHandles field): records carry no POP_CK.
+    let mut plain = PopArgs::new("gf", "foreign").request();
+    plain.ext_fields.as_mut().unwrap().remove("rdmqHandles");
+    let r = h.call(plain).await;
     assert_eq!(r.code, code::SUCCESS);
     let got = rocketmq_handles(&r);
+    assert!(got.iter().all(|(m, _)| !m.properties.contains("POP_CK")));
     assert_eq!(got.len(), 4);
     // Ack two, each with the offset field RocketMQ's ACK header carries.
     for (m, extra) in &got[..2] {
@@ -793,15 +798,10 @@ async fn rocketmq_style_extra_info_handles_ack_and_change_like_our_own() {
     );
     let r = h.call(ack("gf", "foreign", &renewed)).await;
     assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
-    // Garbage is refused clearly; our own handle still works for the fourth.
+    // Garbage is refused clearly; the fourth acks with its extraInfo and no offset field.
     let r = h.call(ack("gf", "foreign", "0 1 2 x")).await;
     assert_eq!(r.code, code::INVALID_PARAMETER);
-    let own = Properties::parse(&got[3].0.properties)
-        .unwrap()
-        .get("POP_CK")
-        .unwrap()
-        .to_owned();
-    let r = h.call(ack("gf", "foreign", &own)).await;
+    let r = h.call(ack("gf", "foreign", &got[3].1)).await;
     assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
     h.stop().await;
 }

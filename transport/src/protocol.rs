@@ -13,6 +13,7 @@ pub mod request_code {
     pub const UPDATE_AND_CREATE_TOPIC_LIST: i32 = 18;
     pub const GET_ALL_TOPIC_CONFIG: i32 = 21;
     pub const GET_BROKER_CONFIG: i32 = 26;
+    pub const GET_BROKER_RUNTIME_INFO: i32 = 28;
     pub const SEARCH_OFFSET_BY_TIMESTAMP: i32 = 29;
     pub const GET_MAX_OFFSET: i32 = 30;
     pub const GET_MIN_OFFSET: i32 = 31;
@@ -35,6 +36,8 @@ pub mod request_code {
     pub const UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: i32 = 200;
     pub const DELETE_SUBSCRIPTIONGROUP: i32 = 207;
     pub const SEND_MESSAGE_V2: i32 = 310;
+    pub const GET_TOPIC_CONFIG: i32 = 351;
+    pub const GET_SUBSCRIPTIONGROUP_CONFIG: i32 = 352;
     pub const SEND_BATCH_MESSAGE: i32 = 320;
     pub const LITE_PULL_MESSAGE: i32 = 361;
     pub const POP_MESSAGE: i32 = 200050;

@@ -315,6 +315,50 @@ pub(super) async fn consumer_list_by_group(
     Ok(ok().with_body(body.to_string().into_bytes()))
 }
 
+/// GET_BROKER_RUNTIME_INFO: RocketMQ's `KVTable` of broker facts (proxies probe it at start,
+/// admin tools show it).
+pub(super) async fn runtime_info(b: &Broker, _req: Request) -> Result<RemotingCommand, Reject> {
+    let now = crate::store::now_ms();
+    let table = serde_json::json!({ "table": {
+        "brokerVersionDesc": "V5_3_3",
+        "brokerVersion": rdmq_transport::codec::RDMQ_VERSION.to_string(),
+        "brokerName": b.info.broker_name,
+        "clusterName": b.info.cluster_name,
+        "bootTimestamp": b.boot_ms.to_string(),
+        "runtime": format!("{} s", (now - b.boot_ms) / 1000),
+        "commitLogMinOffset": b.store.log_start().to_string(),
+        "commitLogMaxOffset": b.store.log_end().to_string(),
+        "topicCount": b.store.topics().len().to_string(),
+        "popInFlight": b.pop.in_flight().to_string(),
+    }});
+    Ok(ok().with_body(table.to_string().into_bytes()))
+}
+
+/// GET_TOPIC_CONFIG: RocketMQ's `TopicConfigAndQueueMapping` (no static-topic mapping).
+pub(super) async fn topic_config(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let name = Fields(&req.command).str("topic")?;
+    let t = b.store.topic(name).ok_or_else(|| {
+        fail(
+            response_code::TOPIC_NOT_EXIST,
+            format!(
+                "topic `{name}` does not exist on broker {}",
+                b.info.broker_name
+            ),
+        )
+    })?;
+    let body = serde_json::json!({
+        "attributes": {},
+        "order": false,
+        "perm": t.perm,
+        "readQueueNums": t.read_queues,
+        "topicFilterType": "SINGLE_TAG",
+        "topicName": t.name,
+        "topicSysFlag": t.sys_flag,
+        "writeQueueNums": t.write_queues,
+    });
+    Ok(ok().with_body(body.to_string().into_bytes()))
+}
+
 pub(super) async fn route_info(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
     let f = Fields(&req.command);
     let name = f.str("topic")?;

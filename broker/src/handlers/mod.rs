@@ -79,6 +79,8 @@ pub struct Broker {
     pub pop: PopService,
     /// Timed and delayed messages.
     pub timers: TimerService,
+    /// When the broker started (ms).
+    pub boot_ms: i64,
 }
 
 impl Broker {
@@ -96,6 +98,7 @@ impl Broker {
             clients: Mutex::new(HashMap::new()),
             pop,
             timers,
+            boot_ms: crate::store::now_ms(),
         }))
     }
 
@@ -300,6 +303,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         admin::consumer_list_by_group
     );
     route!(rc::GET_ROUTEINFO_BY_TOPIC, admin::route_info);
+    route!(rc::GET_BROKER_RUNTIME_INFO, admin::runtime_info);
+    route!(rc::GET_TOPIC_CONFIG, admin::topic_config);
+    route!(rc::GET_SUBSCRIPTIONGROUP_CONFIG, pop::group_config);
     route!(rc::POP_MESSAGE, pop::pop);
     route!(rc::ACK_MESSAGE, pop::ack);
     route!(rc::BATCH_ACK_MESSAGE, pop::batch_ack);

@@ -79,10 +79,38 @@ pub(super) async fn pop(b: &Broker, req: Request) -> Result<RemotingCommand, Rej
         return Ok(header(reply(code, "no new message")));
     }
     let mut body = BytesMut::with_capacity(res.messages.iter().map(|m| m.record.len()).sum());
+    let own =
+        f.0.field(rdmq_protocol::handle::OWN_HANDLES_FIELD)
+            .is_some();
     for m in &res.messages {
-        body.extend_from_slice(&m.record);
+        if own {
+            body.extend_from_slice(&m.record);
+        } else {
+            foreign_record(&m.record, &mut body)?;
+        }
     }
     Ok(header(ok()).with_body(body.freeze()))
+}
+
+/// A popped record as RocketMQ's brokers deliver it: without `POP_CK` (their clients build
+/// the handle from the answer's header, and cannot parse ours).
+fn foreign_record(record: &bytes::Bytes, out: &mut BytesMut) -> Result<(), Reject> {
+    use rdmq_protocol::message::{self, NewMessage, Properties, prop};
+    let bad = |e: String| fail(response_code::SYSTEM_ERROR, format!("popped record: {e}"));
+    let m = message::decode_record(record).map_err(|e| bad(e.to_string()))?;
+    let mut props = Properties::parse(&m.properties).map_err(|e| bad(e.to_string()))?;
+    props.remove(prop::POP_CK);
+    let mut nm = NewMessage::from_stored(&m, &m.topic, m.queue_id, props.encode());
+    nm.reconsume_times = m.reconsume_times;
+    message::encode_record(
+        &nm,
+        m.queue_offset,
+        m.physical_offset,
+        m.store_timestamp,
+        m.store_host,
+        out,
+    );
+    Ok(())
 }
 
 /// The handle of an ACK or CHANGE request, checked against the header's offset: this
@@ -369,6 +397,41 @@ pub(super) async fn create_group(b: &Broker, req: Request) -> Result<RemotingCom
         "consumer group created or updated"
     );
     Ok(ok())
+}
+
+/// GET_SUBSCRIPTIONGROUP_CONFIG: RocketMQ's `SubscriptionGroupConfig` of a group (its
+/// defaults where it was never configured and groups are created on first use).
+pub(super) async fn group_config(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let name = Fields(&req.command).str("group")?;
+    let g = match b.pop.group(name) {
+        Some(g) => g,
+        None if b.info.pop.auto_create_groups => GroupConfig {
+            name: name.to_owned(),
+            max_attempts: b.info.pop.default_max_attempts,
+            fifo: false,
+        },
+        None => {
+            return Err(fail(
+                response_code::SUBSCRIPTION_GROUP_NOT_EXIST,
+                format!("consumer group `{name}` does not exist"),
+            ));
+        }
+    };
+    let body = serde_json::json!({
+        "brokerId": 0,
+        "consumeBroadcastEnable": true,
+        "consumeEnable": true,
+        "consumeFromMinEnable": true,
+        "consumeMessageOrderly": g.fifo,
+        "consumeTimeoutMinute": 15,
+        "groupName": g.name,
+        "groupSysFlag": 0,
+        "notifyConsumerIdsChangedEnable": true,
+        "retryMaxTimes": g.max_attempts,
+        "retryQueueNums": 1,
+        "whichBrokerWhenConsumeSlowly": 1,
+    });
+    Ok(ok().with_body(body.to_string().into_bytes()))
 }
 
 /// DELETE_SUBSCRIPTIONGROUP: the group's settings go (on the blocking pool: it is an fsync).

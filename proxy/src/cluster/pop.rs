@@ -124,7 +124,8 @@ impl Cluster {
             .with_field("initMode", "0")
             .with_field("expType", "TAG")
             .with_field("exp", &args.filter)
-            .with_field("order", if args.fifo { "true" } else { "false" });
+            .with_field("order", if args.fifo { "true" } else { "false" })
+            .with_field(rdmq_protocol::handle::OWN_HANDLES_FIELD, "1");
         let resp = self.call(&b.name, &b.endpoint, req, timeout).await?;
         match resp.code {
             rc::SUCCESS => {

@@ -91,6 +91,10 @@ impl fmt::Display for ReceiptHandle {
     }
 }
 
+/// POP_MESSAGE field with which rdmq's proxy asks for rdmq receipt handles in each record's
+/// `POP_CK`; without it a broker answers as RocketMQ's do (handles built from the header).
+pub const OWN_HANDLES_FIELD: &str = "rdmqHandles";
+
 /// RocketMQ's own receipt handle, the `extraInfo` its clients and proxies build from a POP
 /// answer's header and send back on ack: `ckQueueOffset popTime invisibleTime reviveQid
 /// retryFlag brokerName queueId queueOffset`, space-separated (later fields, such as the

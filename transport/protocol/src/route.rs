@@ -293,13 +293,15 @@ impl TopicRoute {
 }
 
 impl RegisterBody {
-    /// The `RegisterBrokerBody` text (uncompressed; no filter servers).
+    /// The `RegisterBrokerBody` text (uncompressed; no filter servers; the wrapper with the
+    /// static-topic mapping fields RocketMQ 5 writes, empty).
     pub fn to_json(&self) -> String {
         let mut out = String::from("{\"filterServerList\":[],\"topicConfigSerializeWrapper\":{");
         let _ = write!(
             out,
-            "\"dataVersion\":{{\"counter\":{},\"stateVersion\":0,\"timestamp\":{}}},\"topicConfigTable\":{{",
-            self.version, self.timestamp
+            "\"dataVersion\":{{\"counter\":{v},\"stateVersion\":0,\"timestamp\":{t}}},\"mappingDataVersion\":{{\"counter\":{v},\"stateVersion\":0,\"timestamp\":{t}}},\"topicConfigTable\":{{",
+            v = self.version,
+            t = self.timestamp
         );
         for (i, t) in self.topics.iter().enumerate() {
             if i > 0 {
@@ -315,7 +317,7 @@ impl RegisterBody {
                 w = t.write_queues,
             );
         }
-        out.push_str("}}}");
+        out.push_str("},\"topicQueueMappingDetailMap\":{},\"topicQueueMappingInfoMap\":{}}}");
         out
     }
 
