@@ -22,7 +22,7 @@ install_peer() {
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev
+    $SUDO apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev >/dev/null
   fi
   local missing=()
   for pair in rocketmq-namesrv:rocketmq-namesrv-rust rocketmq-broker:rocketmq-broker-rust rocketmq-proxy:rocketmq-proxy-rust; do
@@ -126,11 +126,13 @@ step() { # step NAME CMD...: one checked step, its output shown
     failed+=("$name")
   fi
 }
-# The official Python client: produce 3 messages through ENDPOINT, consume and ack them.
-roundtrip() { # ENDPOINT TOPIC GROUP
+# The official Python client: produce 3 messages through ENDPOINT (keys key-PREFIX-0..2), consume
+# and ack them; the first message's id is kept in $work/PREFIX.id for the lookups.
+roundtrip() { # ENDPOINT TOPIC GROUP PREFIX
   local out sent got
-  out=$(py produce "$1" "$2" 10,1000,70000 "iop$RANDOM" 2>&1)
+  out=$(py produce "$1" "$2" 10,1000,70000 "$4" 2>&1)
   sent=$(grep -c '^SENT ' <<<"$out")
+  grep '^SENT 0 ' <<<"$out" | cut -d' ' -f3 >"$work/$4.id"
   echo "$out" | grep -v '^RECEIVED' | tail -4
   [ "$sent" -eq 3 ] || { echo "sent $sent of 3"; return 1; }
   out=$(py consume "$1" "$2" "$3" 3 ack 30 2>&1)
@@ -150,6 +152,19 @@ wait_route() { # NAMESRV_PORT TOPIC BROKERS: until the name server routes TOPIC 
   return 1
 }
 show() { echo "\$ rdmq-admin $*"; admin "$@"; }
+# lookup NAMESRV_PORT TOPIC PREFIX: the admin finds the first message of PREFIX by key and by id.
+lookup() {
+  local id out
+  id=$(cat "$work/$3.id")
+  echo "\$ rdmq-admin message key $2 key-$3-0"
+  out=$(admin --namesrv "127.0.0.1:$1" message key "$2" "key-$3-0") || { echo "$out"; return 1; }
+  echo "$out"
+  grep -q "$id" <<<"$out" || { echo "message $id not found by key key-$3-0"; return 1; }
+  echo "\$ rdmq-admin message id $id --topic $2"
+  out=$(admin --namesrv "127.0.0.1:$1" message id "$id" --topic "$2") || { echo "$out"; return 1; }
+  echo "$out"
+  grep -q "key-$3-0" <<<"$out"
+}
 
 # --- (c) rdmq-admin against rocketmq-rust's name server and broker ----------------------------
 log "(c) rdmq-admin against rocketmq-namesrv-rust + rocketmq-broker-rust $peer_version"
@@ -168,11 +183,11 @@ step "(c) group create" show $C group create iop-g --max-attempts 5
 log "(b) rdmq-proxy --namesrv (foreign) in front of rocketmq-broker-rust, official Python client"
 grpc_b=$(free_port)
 proxy_rdmq "$grpc_b" "$ns_c"
-step "(b) send, receive, ack through rdmq-proxy" roundtrip "127.0.0.1:$grpc_b" iop-c iop-g
+step "(b) send, receive, ack through rdmq-proxy" roundtrip "127.0.0.1:$grpc_b" iop-c iop-g iopb
 step "(c) topic status" show $C topic status iop-c
 step "(c) consumer progress" show $C consumer progress iop-g iop-c
 step "(c) consumer reset by time" show $C consumer reset iop-g iop-c --time -1h
-step "(c) message by key" sh -c "$target/rdmq-admin $C message key iop-c \"\$($target/rdmq-admin $C --json topic status iop-c >/dev/null; echo key-x)\"; true"
+step "(c) message by key and by id (foreign broker)" lookup "$ns_c" iop-c iopb
 
 # --- (a) rdmq brokers behind rocketmq-proxy-rust -----------------------------------------------
 log "(a) rdmq brokers registered with rocketmq-namesrv-rust, behind rocketmq-proxy-rust, official Python client"
@@ -185,7 +200,8 @@ step "(a) rdmq brokers registered with the foreign name server" wait_route "$ns_
 step "(a) cluster list (foreign name server)" show $A cluster list
 grpc_a=$(free_port)
 proxy_rmq "$grpc_a" "$ns_a"
-step "(a) send, receive, ack through rocketmq-proxy-rust" roundtrip "127.0.0.1:$grpc_a" iop-a iop-ga
+step "(a) send, receive, ack through rocketmq-proxy-rust" roundtrip "127.0.0.1:$grpc_a" iop-a iop-ga iopa
+step "(a) message by key and by id (rdmq brokers, foreign name server)" lookup "$ns_a" iop-a iopa
 
 log "passed ${#passed[@]}, failed ${#failed[@]}"
 for f in "${failed[@]}"; do echo "FAILED: $f"; done
