@@ -80,6 +80,13 @@ impl<'a> PopArgs<'a> {
             .with_field("order", self.order.to_string())
             .with_field("rdmqHandles", "1")
     }
+
+    /// The request as RocketMQ clients and proxies send it (no rdmqHandles field).
+    fn foreign_request(&self) -> RemotingCommand {
+        let mut r = self.request();
+        r.ext_fields.as_mut().unwrap().remove("rdmqHandles");
+        r
+    }
 }
 
 /// A popped message and its receipt handle.
@@ -721,6 +728,14 @@ fn rocketmq_handles(r: &RemotingCommand) -> Vec<(StoredMessage, String)> {
         .unwrap()
         .into_iter()
         .map(|m| {
+            // A retry copy carries its extraInfo itself, as RocketMQ's brokers put it there.
+            if let Some(ck) = Properties::parse(&m.properties).unwrap().get("POP_CK") {
+                let e = rdmq_protocol::ExtraInfo::parse(ck).expect("POP_CK is an extraInfo");
+                assert_ne!(e.retry, 0, "only retry copies carry POP_CK: {ck}");
+                assert_eq!(e.pop_time.to_string(), field("popTime"));
+                let ck = ck.to_owned();
+                return (m, ck);
+            }
             let flag = if m.topic.starts_with("%RETRY%") {
                 "2"
             } else {
@@ -761,9 +776,7 @@ async fn rocketmq_style_extra_info_handles_ack_and_change_like_our_own() {
         assert_eq!(r.code, code::SUCCESS);
     }
     // Asked as RocketMQ clients ask (no rdmqHandles field): records carry no POP_CK.
-    let mut plain = PopArgs::new("gf", "foreign").request();
-    plain.ext_fields.as_mut().unwrap().remove("rdmqHandles");
-    let r = h.call(plain).await;
+    let r = h.call(PopArgs::new("gf", "foreign").foreign_request()).await;
     assert_eq!(r.code, code::SUCCESS);
     let got = rocketmq_handles(&r);
     assert!(got.iter().all(|(m, _)| !m.properties.contains("POP_CK")));
@@ -807,6 +820,44 @@ async fn rocketmq_style_extra_info_handles_ack_and_change_like_our_own() {
 }
 
 #[tokio::test]
+async fn rocketmq_style_redelivery_carries_its_extra_info_and_acks() {
+    let h = broker().await;
+    h.call(create_topic("fredo", 1)).await;
+    h.call(send("fredo", 0, &props(&[("TAGS", "x")]), b"again"))
+        .await;
+    let mut args = PopArgs::new("gfr", "fredo");
+    args.invisible_ms = 400;
+    let plain = || args.foreign_request();
+    let first = rocketmq_handles(&h.call(plain()).await);
+    assert_eq!(first.len(), 1);
+    // Not acked: redelivered from the retry topic, under the original topic, with a POP_CK
+    // naming the retry queue (retry flag set).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        let r = h.call(plain()).await;
+        if r.code == code::SUCCESS {
+            break rocketmq_handles(&r);
+        }
+        assert!(Instant::now() < deadline, "not redelivered within 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(again.len(), 1);
+    let (m, extra) = &again[0];
+    assert_eq!(m.topic, "fredo");
+    assert_eq!(m.reconsume_times, 1);
+    let e = rdmq_protocol::ExtraInfo::parse(extra).unwrap();
+    assert_ne!(e.retry, 0, "{extra}");
+    // RocketMQ clients ack a retry copy naming the retry topic their flag implies.
+    let retry_topic = e.stored_topic("fredo", "gfr");
+    let r = h.call(ack("gfr", &retry_topic, extra)).await;
+    assert_eq!(r.code, code::SUCCESS, "{:?}", r.remark);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = h.call(plain()).await;
+    assert_ne!(r.code, code::SUCCESS, "acked, yet delivered again");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn rocketmq_batch_ack_bodies_ack_by_bit_set() {
     let h = broker().await;
     h.call(create_topic("bat", 1)).await;
@@ -814,7 +865,7 @@ async fn rocketmq_batch_ack_bodies_ack_by_bit_set() {
         let r = h.call(send("bat", 0, &props(&[("TAGS", "t")]), b"x")).await;
         assert_eq!(r.code, code::SUCCESS);
     }
-    let r = h.call(PopArgs::new("gb", "bat").request()).await;
+    let r = h.call(PopArgs::new("gb", "bat").foreign_request()).await;
     let got = rocketmq_handles(&r);
     assert_eq!(got.len(), 5);
     let start = got[0].0.queue_offset;

@@ -86,20 +86,48 @@ pub(super) async fn pop(b: &Broker, req: Request) -> Result<RemotingCommand, Rej
         if own {
             body.extend_from_slice(&m.record);
         } else {
-            foreign_record(&m.record, &mut body)?;
+            // The checkpoint offset RocketMQ's handles carry: the pop's first offset on the
+            // message's queue.
+            let ck = res
+                .messages
+                .iter()
+                .find(|o| o.handle.topic == m.handle.topic && o.handle.queue == m.handle.queue)
+                .map_or(m.handle.offset, |o| o.handle.offset);
+            foreign_record(&m.record, &m.handle, ck, &mut body)?;
         }
     }
     Ok(header(ok()).with_body(body.freeze()))
 }
 
-/// A popped record as RocketMQ's brokers deliver it: without `POP_CK` (their clients build
-/// the handle from the answer's header, and cannot parse ours).
-fn foreign_record(record: &bytes::Bytes, out: &mut BytesMut) -> Result<(), Reject> {
+/// A popped record as RocketMQ's brokers deliver it: a message of the topic itself without
+/// `POP_CK` (their clients build its handle from the answer's header, and cannot parse ours);
+/// a retry copy, delivered under the original topic, with its RocketMQ `extraInfo` in `POP_CK`
+/// (the header's offsets name the retry topic's queue, which the record does not show).
+fn foreign_record(
+    record: &bytes::Bytes,
+    h: &ReceiptHandle,
+    ck_offset: i64,
+    out: &mut BytesMut,
+) -> Result<(), Reject> {
     use rdmq_protocol::message::{self, NewMessage, Properties, prop};
     let bad = |e: String| fail(response_code::SYSTEM_ERROR, format!("popped record: {e}"));
     let m = message::decode_record(record).map_err(|e| bad(e.to_string()))?;
     let mut props = Properties::parse(&m.properties).map_err(|e| bad(e.to_string()))?;
     props.remove(prop::POP_CK);
+    let retry = rdmq_protocol::ExtraInfo::retry_flag(&h.topic);
+    if retry != 0 {
+        let e = rdmq_protocol::ExtraInfo {
+            ck_offset,
+            pop_time: h.pop_time,
+            invisible: h.invisible,
+            revive_qid: 0,
+            retry,
+            broker: h.broker.clone(),
+            queue: h.queue,
+            offset: h.offset,
+        };
+        props.set(prop::POP_CK, e.to_string());
+    }
     let mut nm = NewMessage::from_stored(&m, &m.topic, m.queue_id, props.encode());
     nm.reconsume_times = m.reconsume_times;
     message::encode_record(
