@@ -776,7 +776,9 @@ async fn rocketmq_style_extra_info_handles_ack_and_change_like_our_own() {
         assert_eq!(r.code, code::SUCCESS);
     }
     // Asked as RocketMQ clients ask (no rdmqHandles field): records carry no POP_CK.
-    let r = h.call(PopArgs::new("gf", "foreign").foreign_request()).await;
+    let r = h
+        .call(PopArgs::new("gf", "foreign").foreign_request())
+        .await;
     assert_eq!(r.code, code::SUCCESS);
     let got = rocketmq_handles(&r);
     assert!(got.iter().all(|(m, _)| !m.properties.contains("POP_CK")));

@@ -3,7 +3,10 @@
 //! it. The official gRPC clients produce through one proxy and consume through the other; the
 //! real remoting clients (ali-ons, rocketmq-client-rust) send and consume through a proxy's
 //! remoting endpoint; a fourth broker started under load takes sends within 5 s; a drained
-//! broker gets no new sends while it still serves.
+//! broker gets no new sends while it still serves. Pop, ack, batch ack and change of
+//! invisible time through the remoting endpoint, as RocketMQ's remoting clients build their
+//! handles (no official remoting client here pops: the requests are built by the test). The
+//! admin tool against a running cluster.
 //!
 //! The broker is the `rdmq-broker` binary of this workspace's target directory
 //! (`RDMQ_BROKER_BIN` overrides). The client fixtures are those of `tests/clients.rs` and
@@ -711,5 +714,256 @@ async fn rdmq_admin_operates_a_running_cluster() {
     let (code, err) = admin("nohost", &["cluster", "list"]);
     assert_eq!(code, 2);
     assert!(err.contains("HOST:PORT"), "{err}");
+    ours.close(Duration::from_millis(100)).await;
+}
+
+/// What a RocketMQ remoting client does with a POP answer: a record's `POP_CK` (a retry copy)
+/// is its handle; otherwise the handle is built from the header and the broker name the client
+/// popped from, here the proxy's virtual broker.
+fn rocketmq_popped(r: &RemotingCommand) -> Vec<(rdmq_protocol::message::StoredMessage, String)> {
+    let field = |k: &str| r.field(k).unwrap_or_else(|| panic!("POP answer lacks {k}"));
+    let starts: Vec<(String, String, String)> = field("startOffsetInfo")
+        .split(';')
+        .map(|e| {
+            let p: Vec<&str> = e.split(' ').collect();
+            (p[0].to_owned(), p[1].to_owned(), p[2].to_owned())
+        })
+        .collect();
+    rdmq_protocol::message::decode_records(&r.body)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            let props = rdmq_protocol::message::Properties::parse(&m.properties).unwrap();
+            if let Some(ck) = props.get("POP_CK") {
+                return (m.clone(), ck.to_owned());
+            }
+            let q = m.queue_id.to_string();
+            let ck = &starts
+                .iter()
+                .find(|(f, sq, _)| f == "0" && *sq == q)
+                .unwrap_or_else(|| panic!("startOffsetInfo lists queue {q}: {starts:?}"))
+                .2;
+            let extra = format!(
+                "{ck} {} {} {} 0 rdmq-proxy {q} {}",
+                field("popTime"),
+                field("invisibleTime"),
+                field("reviveQid"),
+                m.queue_offset
+            );
+            (m, extra)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remoting_clients_pop_and_ack_through_the_proxy() {
+    use rdmq_protocol::ExtraInfo;
+    let dir = TempDir::new("rpop");
+    let ns = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rdmq-namesrv"));
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        Proc::spawn("namesrv", cmd, &dir.0, 1)
+    };
+    let ns_addr = ns.url("tcp://").trim_start_matches("tcp://").to_owned();
+    let ns = &ns_addr;
+    let _brokers: Vec<Proc> = ["broker-a", "broker-b"]
+        .iter()
+        .map(|n| broker(&dir, n, ns))
+        .collect();
+    let proxy = proxy(&dir, "proxy", ns);
+    let remoting: Endpoint = format!(
+        "tcp://{}",
+        proxy.url("remoting://").trim_start_matches("remoting://")
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(
+        admin_json(ns, &["topic", "create", "pop-t", "--queues", "2"]).len(),
+        2
+    );
+    assert_eq!(admin_json(ns, &["group", "create", "pop-g"]).len(), 2);
+    let ours = Client::new(TcpTransport::default(), ClientConfig::default());
+    let call = |c: RemotingCommand| {
+        let ours = &ours;
+        let remoting = &remoting;
+        async move {
+            ours.invoke(remoting, c, Some(Duration::from_secs(10)))
+                .await
+                .unwrap()
+        }
+    };
+    // The route lists both brokers' queues once the name server has them: 4 virtual queues.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r =
+            call(RemotingCommand::request(rc::GET_ROUTEINFO_BY_TOPIC).with_field("topic", "pop-t"))
+                .await;
+        if r.code == response_code::SUCCESS
+            && rdmq_protocol::route::TopicRoute::parse(&r.body)
+                .unwrap()
+                .queues[0]
+                .write_queues
+                == 4
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pop-t not routed to both brokers"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..8 {
+        let r = call(
+            RemotingCommand::request(rc::SEND_MESSAGE_V2)
+                .with_field("a", "pop-producer")
+                .with_field("b", "pop-t")
+                .with_field("c", "TBW102")
+                .with_field("d", "4")
+                .with_field("e", (i % 4).to_string())
+                .with_field("f", "0")
+                .with_field("g", rdmq_protocol::now_ms().to_string())
+                .with_field("h", "0")
+                .with_field("i", "TAGS\u{1}t\u{2}")
+                .with_field("j", "0")
+                .with_field("k", "false")
+                .with_body(format!("pop body {i}").into_bytes()),
+        )
+        .await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    }
+    let pop = |invisible_ms: u64, poll_ms: u64| {
+        RemotingCommand::request(rc::POP_MESSAGE)
+            .with_field("consumerGroup", "pop-g")
+            .with_field("topic", "pop-t")
+            .with_field("queueId", "-1")
+            .with_field("maxMsgNums", "32")
+            .with_field("invisibleTime", invisible_ms.to_string())
+            .with_field("pollTime", poll_ms.to_string())
+            .with_field("bornTime", rdmq_protocol::now_ms().to_string())
+            .with_field("initMode", "0")
+            .with_field("expType", "TAG")
+            .with_field("exp", "*")
+            .with_field("order", "false")
+    };
+    // Pop everything, from both brokers, in virtual terms.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 8 {
+        assert!(Instant::now() < deadline, "popped {} of 8", got.len());
+        let r = call(pop(4000, 300)).await;
+        if r.code == response_code::SUCCESS {
+            got.extend(rocketmq_popped(&r));
+        }
+    }
+    let bodies: BTreeSet<String> = got
+        .iter()
+        .map(|(m, _)| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert_eq!(bodies.len(), 8, "each message once: {bodies:?}");
+    let queues: BTreeSet<i32> = got.iter().map(|(m, _)| m.queue_id).collect();
+    assert_eq!(queues, BTreeSet::from([0, 1, 2, 3]), "virtual queue ids");
+    let ack = |topic: &str, q: i32, off: i64, extra: &str| {
+        RemotingCommand::request(rc::ACK_MESSAGE)
+            .with_field("consumerGroup", "pop-g")
+            .with_field("topic", topic)
+            .with_field("queueId", q.to_string())
+            .with_field("offset", off.to_string())
+            .with_field("extraInfo", extra)
+    };
+    got.sort_by_key(|(m, _)| (m.queue_id, m.queue_offset));
+    // Ack four one by one (two per broker).
+    for (m, extra) in [&got[0], &got[2], &got[4], &got[6]] {
+        let r = call(ack("pop-t", m.queue_id, m.queue_offset, extra)).await;
+        assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    }
+    // Batch-ack one of each broker in RocketMQ's body: the proxy splits it.
+    let entry = |(m, extra): &(rdmq_protocol::message::StoredMessage, String)| {
+        let e = ExtraInfo::parse(extra).unwrap();
+        serde_json::json!({"c": "pop-g", "t": "pop-t", "r": "0", "so": m.queue_offset,
+            "q": m.queue_id, "rq": 0, "pt": e.pop_time, "it": e.invisible, "b": [1]})
+    };
+    let body =
+        serde_json::json!({"brokerName": "rdmq-proxy", "acks": [entry(&got[1]), entry(&got[5])]});
+    let r = call(
+        RemotingCommand::request(rc::BATCH_ACK_MESSAGE).with_body(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    // Change one to 300 ms; leave the last to its 4 s.
+    let (m, extra) = &got[3];
+    let r = call(
+        RemotingCommand::request(rc::CHANGE_MESSAGE_INVISIBLETIME)
+            .with_field("consumerGroup", "pop-g")
+            .with_field("topic", "pop-t")
+            .with_field("queueId", m.queue_id.to_string())
+            .with_field("offset", m.queue_offset.to_string())
+            .with_field("extraInfo", extra)
+            .with_field("invisibleTime", "300"),
+    )
+    .await;
+    assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
+    // Acked handles are spent; bad handles and queues are refused with the reason.
+    let r = call(ack(
+        "pop-t",
+        got[0].0.queue_id,
+        got[0].0.queue_offset,
+        &got[0].1,
+    ))
+    .await;
+    assert_eq!(
+        r.code,
+        response_code::NO_MESSAGE,
+        "acked twice: {:?}",
+        r.remark
+    );
+    let r = call(ack("pop-t", 0, 0, "garbage")).await;
+    assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
+    let r = call(ack("pop-t", 99, 0, &got[7].1)).await;
+    assert_eq!(r.code, response_code::INVALID_PARAMETER, "{:?}", r.remark);
+    // The changed and the unacked message come back as retry copies, each acked as it
+    // arrives; acked ones never come back.
+    let want: BTreeSet<Vec<u8>> = [&got[3], &got[7]]
+        .iter()
+        .map(|(m, _)| m.body.to_vec())
+        .collect();
+    let mut back = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while back != want {
+        assert!(Instant::now() < deadline, "redelivered {} of 2", back.len());
+        let r = call(pop(4000, 500)).await;
+        if r.code != response_code::SUCCESS {
+            continue;
+        }
+        for (m, extra) in rocketmq_popped(&r) {
+            assert!(
+                want.contains(&m.body.to_vec()),
+                "an acked message came back: {m:?}"
+            );
+            assert_eq!(m.topic, "pop-t", "retry copies under their topic");
+            assert!(m.reconsume_times >= 1, "a redelivery: {m:?}");
+            let e = ExtraInfo::parse(&extra).expect("a retry copy's POP_CK is an extraInfo");
+            assert_ne!(e.retry, 0, "{extra}");
+            assert_eq!(e.broker, "rdmq-proxy", "{extra}");
+            let r = call(ack(
+                &e.stored_topic("pop-t", "pop-g"),
+                e.queue,
+                e.offset,
+                &extra,
+            ))
+            .await;
+            assert_eq!(r.code, response_code::SUCCESS, "{extra}: {:?}", r.remark);
+            back.insert(m.body.to_vec());
+        }
+    }
+    // Past every invisible time nothing is left.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let r = call(pop(4000, 0)).await;
+    assert_ne!(
+        r.code,
+        response_code::SUCCESS,
+        "delivered after its ack: {:?}",
+        rocketmq_popped(&r)
+    );
     ours.close(Duration::from_millis(100)).await;
 }

@@ -231,11 +231,13 @@ fn rocketmq_batch(b: &Broker, v: &serde_json::Value) -> Result<Vec<(String, Stri
         };
         let group = s("c", "consumerGroup")?;
         let topic = s("t", "topic")?;
-        let retry = a
-            .get("r")
-            .or_else(|| a.get("retry"))
-            .and_then(|r| r.as_str())
-            == Some("1");
+        let retry = match a.get("r").or_else(|| a.get("retry")) {
+            None => 0,
+            Some(r) => match r.as_str().and_then(|t| t.parse().ok()).or(r.as_u64()) {
+                Some(f @ 0..=2) => f as u8,
+                _ => return Err(bad(format!("retry flag `{r}` is not 0, 1 or 2"))),
+            },
+        };
         let start = n("so", "startOffset")?;
         let queue = n("q", "queueId")? as i32;
         let pop_time = n("pt", "popTime")?;
@@ -266,7 +268,7 @@ fn rocketmq_batch(b: &Broker, v: &serde_json::Value) -> Result<Vec<(String, Stri
                     pop_time,
                     invisible: 0,
                     revive_qid: 0,
-                    retry: u8::from(retry),
+                    retry,
                     broker: b.info.broker_name.clone(),
                     queue,
                     offset: start + (i * 8 + j) as i64,

@@ -135,7 +135,7 @@ impl Cluster {
                         format!("broker {} sent undecodable records: {e}", b.name),
                     )
                 })?;
-                give_foreign_handles(&mut messages, &resp, &b.name, &args.topic);
+                give_foreign_handles(&mut messages, &resp, &b.name, args);
                 Ok(Some(PoppedBatch {
                     broker: b.name.clone(),
                     invisible_ms: resp
@@ -155,14 +155,17 @@ impl Cluster {
     }
 }
 
-/// A RocketMQ broker puts no handle into the records: each message without `POP_CK` gets
-/// one built from the answer's header, as RocketMQ's clients build theirs.
+/// A RocketMQ broker puts no handle into the records of the topic itself: each message
+/// without `POP_CK` gets one built from the answer's header, as RocketMQ's clients build
+/// theirs; a retry copy's `POP_CK` is the broker's own `extraInfo`, acked naming the retry
+/// topic its flag implies.
 fn give_foreign_handles(
     messages: &mut [StoredMessage],
     resp: &RemotingCommand,
     broker: &str,
-    topic: &str,
+    args: &PopArgs,
 ) {
+    let topic = args.topic.as_str();
     let num = |k: &str| resp.field(k).and_then(|v| v.parse::<i64>().ok());
     let starts: Vec<(u8, i32, i64)> = resp
         .field("startOffsetInfo")
@@ -181,7 +184,14 @@ fn give_foreign_handles(
         let Ok(mut props) = message::Properties::parse(&m.properties) else {
             continue;
         };
-        if props.get(message::prop::POP_CK).is_some() {
+        if let Some(ck) = props.get(message::prop::POP_CK) {
+            if ReceiptHandle::parse(ck).is_err()
+                && let Ok(e) = rdmq_protocol::ExtraInfo::parse(ck)
+            {
+                let h = super::handle::foreign_handle(&e, &e.stored_topic(topic, &args.group));
+                props.set(message::prop::POP_CK, h);
+                m.properties = props.encode();
+            }
             continue;
         }
         let retry = rdmq_protocol::ExtraInfo::retry_flag(&m.topic);

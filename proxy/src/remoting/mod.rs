@@ -3,12 +3,15 @@
 //! every broker's queues in a row ([`layout`]); sends, pulls and consumer offsets are forwarded
 //! to the broker owning the queue over the configured transport, with queue ids translated
 //! both ways; heartbeats and client unregistrations go to every broker, consumer lists are
-//! merged from all, and send-backs follow the store host in the message id.
+//! merged from all, and send-backs follow the store host in the message id; Pop and its
+//! acks are forwarded with queue ids and receipt handles translated ([`pop`]).
 
 pub mod layout;
+mod pop;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +34,8 @@ struct Front {
     cluster: Arc<Cluster>,
     /// The `host:port` remoting clients are told to send to.
     addr: String,
+    /// Rotates the broker an any-queue pop looks at first.
+    next: AtomicUsize,
 }
 
 fn reply(c: i32, remark: impl Into<String>) -> Refusal {
@@ -270,6 +275,9 @@ impl Front {
             rc::HEART_BEAT | rc::UNREGISTER_CLIENT => self.to_all(&cmd).await,
             rc::GET_CONSUMER_LIST_BY_GROUP => self.consumer_list(&cmd).await,
             rc::CONSUMER_SEND_MSG_BACK => self.send_back(&cmd).await,
+            rc::POP_MESSAGE => self.pop(&cmd).await,
+            rc::ACK_MESSAGE | rc::CHANGE_MESSAGE_INVISIBLETIME => self.by_handle(&cmd).await,
+            rc::BATCH_ACK_MESSAGE => self.batch_ack(&cmd).await,
             other => Err(reply(
                 code::REQUEST_CODE_NOT_SUPPORTED,
                 format!("request code {other} is not supported by the proxy's remoting endpoint"),
@@ -299,6 +307,7 @@ pub async fn serve(
     let front = Arc::new(Front {
         cluster,
         addr: format!("{host}:{}", local.port),
+        next: AtomicUsize::new(0),
     });
     let mut router = Router::new();
     for c in [
@@ -318,6 +327,10 @@ pub async fn serve(
         rc::UNREGISTER_CLIENT,
         rc::GET_CONSUMER_LIST_BY_GROUP,
         rc::CONSUMER_SEND_MSG_BACK,
+        rc::POP_MESSAGE,
+        rc::ACK_MESSAGE,
+        rc::CHANGE_MESSAGE_INVISIBLETIME,
+        rc::BATCH_ACK_MESSAGE,
     ] {
         let front = front.clone();
         router.add(c, move |req: Request| {

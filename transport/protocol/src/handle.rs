@@ -154,11 +154,18 @@ impl ExtraInfo {
         Ok(e)
     }
 
-    /// The topic the message is stored in, given the topic and group of the request.
+    /// The topic the message is stored in, given the topic and group of the request: the
+    /// topic itself, `%RETRY%group` (flag 1) or `%RETRY%group+topic` (flag 2, rdmq's).
     pub fn stored_topic(&self, topic: &str, group: &str) -> String {
-        match self.retry {
+        Self::topic_of(self.retry, topic, group)
+    }
+
+    /// The topic retry flag `retry` names for `topic` and `group` (see [`Self::stored_topic`]).
+    pub fn topic_of(retry: u8, topic: &str, group: &str) -> String {
+        match retry {
             0 => topic.to_owned(),
             _ if topic.starts_with(crate::names::RETRY_PREFIX) => topic.to_owned(),
+            1 => format!("{}{group}", crate::names::RETRY_PREFIX),
             _ => crate::names::retry_topic(group, topic),
         }
     }
