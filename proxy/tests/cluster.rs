@@ -965,5 +965,47 @@ async fn remoting_clients_pop_and_ack_through_the_proxy() {
         "delivered after its ack: {:?}",
         rocketmq_popped(&r)
     );
+
+    // An operator's reset moves a Pop group's cursor: back an hour, everything again.
+    let reset = admin_json(
+        ns,
+        &["consumer", "reset", "pop-g", "pop-t", "--time", "-1h"],
+    );
+    assert_eq!(reset.len(), 4, "{reset:?}");
+    assert_eq!(sum(&reset, "new_offset"), 0, "{reset:?}");
+    let progress = admin_json(ns, &["consumer", "progress", "pop-g", "pop-t"]);
+    assert_eq!(sum(&progress, "lag"), 8, "{progress:?}");
+    let mut again = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while again.len() < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "popped {} of 8 after the reset",
+            again.len()
+        );
+        let r = call(pop(60_000, 300)).await;
+        if r.code == response_code::SUCCESS {
+            for (m, _) in rocketmq_popped(&r) {
+                assert!(
+                    again.insert(m.body.to_vec()),
+                    "twice after the reset: {m:?}"
+                );
+            }
+        }
+    }
+    // A group reset before its first pop starts where the reset put it (here: the end).
+    assert_eq!(admin_json(ns, &["group", "create", "pop-h"]).len(), 2);
+    let reset = admin_json(
+        ns,
+        &["consumer", "reset", "pop-h", "pop-t", "--time", "now"],
+    );
+    assert_eq!(sum(&reset, "new_offset"), 8, "{reset:?}");
+    let r = call(pop(60_000, 0).with_field("consumerGroup", "pop-h")).await;
+    assert_ne!(
+        r.code,
+        response_code::SUCCESS,
+        "popped below the reset: {:?}",
+        rocketmq_popped(&r)
+    );
     ours.close(Duration::from_millis(100)).await;
 }

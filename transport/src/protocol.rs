@@ -9,6 +9,8 @@ pub mod request_code {
     pub const QUERY_MESSAGE: i32 = 12;
     pub const QUERY_CONSUMER_OFFSET: i32 = 14;
     pub const UPDATE_CONSUMER_OFFSET: i32 = 15;
+    /// An operator's reset of a group's offsets (RocketMQ's `INVOKE_BROKER_TO_RESET_OFFSET`).
+    pub const INVOKE_BROKER_TO_RESET_OFFSET: i32 = 222;
     pub const UPDATE_AND_CREATE_TOPIC: i32 = 17;
     pub const UPDATE_AND_CREATE_TOPIC_LIST: i32 = 18;
     pub const GET_ALL_TOPIC_CONFIG: i32 = 21;

@@ -282,6 +282,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
     route!(rc::LITE_PULL_MESSAGE, pull::pull);
     route!(rc::QUERY_CONSUMER_OFFSET, pull::query_consumer_offset);
     route!(rc::UPDATE_CONSUMER_OFFSET, pull::update_consumer_offset);
+    route!(rc::INVOKE_BROKER_TO_RESET_OFFSET, pull::reset_offset);
     route!(rc::GET_MAX_OFFSET, pull::max_offset);
     route!(rc::GET_MIN_OFFSET, pull::min_offset);
     route!(

@@ -19,7 +19,7 @@ use crate::filter::TagFilter;
 use crate::pop::{GroupConfig, PopError, PopRequest, ReceiptHandle};
 
 /// The response for a pop error.
-fn pop_failure(e: PopError) -> Reject {
+pub(super) fn pop_failure(e: PopError) -> Reject {
     let code = match &e {
         PopError::UnknownGroup(_) => response_code::SUBSCRIPTION_GROUP_NOT_EXIST,
         PopError::UnknownTopic(_) => response_code::TOPIC_NOT_EXIST,

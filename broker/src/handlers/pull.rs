@@ -228,6 +228,60 @@ pub(super) async fn update_consumer_offset(
     Ok(ok())
 }
 
+/// INVOKE_BROKER_TO_RESET_OFFSET (222): moves `group`'s offsets on `topic` to `offset` (one
+/// queue, `queueId` and `offset` given, as rdmq-admin and RocketMQ 5's tools send it) or to the
+/// first message stored at or after `timestamp` (the queue given, or every queue). Where the
+/// group pops, its pop cursor moves and what it had in flight there is forgotten; elsewhere its
+/// committed offset moves (pull consumers keep offsets in memory: stopped first, or they
+/// commit theirs over it). Answers RocketMQ's `{"offsetTable": {queue: offset}}`.
+pub(super) async fn reset_offset(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
+    let f = Fields(&req.command);
+    let group = f.str("group")?;
+    let topic = f.str("topic")?;
+    let queue: i32 = f.opt_num("queueId")?.unwrap_or(-1);
+    let offset: Option<i64> = f.opt_num("offset")?.filter(|o: &i64| *o >= 0);
+    let timestamp: Option<i64> = f.opt_num("timestamp")?;
+    let queues: Vec<i32> = if queue >= 0 {
+        queue_checked(b, topic, queue)?;
+        vec![queue]
+    } else {
+        queue_checked(b, topic, 0)?;
+        let n = b.store.topic(topic).map_or(0, |t| t.queues()) as i32;
+        (0..n).collect()
+    };
+    let mut table = Vec::new();
+    for q in queues {
+        let (min, max) = b.store.offsets(topic, q);
+        let new = match (offset.filter(|_| queue >= 0), timestamp) {
+            (Some(o), _) => o.clamp(min, max),
+            (None, Some(ts)) => b
+                .store
+                .search_offset_by_time(topic, q, ts)
+                .map_err(store_failure)?,
+            (None, None) => {
+                return Err(fail(
+                    response_code::SYSTEM_ERROR,
+                    "a reset needs `timestamp`, or `queueId` and `offset`",
+                ));
+            }
+        };
+        if b.pop.pops_on(group, topic, q) {
+            b.pop
+                .reset(group, topic, q, new)
+                .await
+                .map_err(super::pop::pop_failure)?;
+        } else {
+            b.store.commit_offset(group, topic, q, new);
+        }
+        table.push(format!(
+            "{{\"brokerName\":{},\"queueId\":{q},\"topic\":{}}}:{new}",
+            serde_json::Value::from(b.info.broker_name.as_str()),
+            serde_json::Value::from(topic)
+        ));
+    }
+    Ok(ok().with_body(format!("{{\"offsetTable\":{{{}}}}}", table.join(",")).into_bytes()))
+}
+
 pub(super) async fn max_offset(b: &Broker, req: Request) -> Result<RemotingCommand, Reject> {
     let f = Fields(&req.command);
     let (topic, queue) = checked_queue(b, &f)?;

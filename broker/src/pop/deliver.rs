@@ -4,9 +4,14 @@
 use super::*;
 
 impl Inner {
-    /// The cursor a group starts at on a queue.
-    fn initial_cursor(&self, topic: &str, queue: i32) -> i64 {
+    /// The cursor a group starts at on a queue: its committed offset when it has one (a
+    /// reset before its first pop, or a pull consumer turned Pop), else by the initial mode.
+    fn initial_cursor(&self, key: &QueueKey) -> i64 {
+        let (topic, queue) = (key.topic.as_str(), key.queue);
         let (min, max) = self.store.offsets(topic, queue);
+        if let Some(o) = self.store.committed_offset(&key.group, topic, queue) {
+            return o.clamp(min, max);
+        }
         if topic.starts_with("%RETRY%") {
             return min;
         }
@@ -119,7 +124,7 @@ impl Inner {
             Some(q) => q,
             None => {
                 fresh = QueueState {
-                    cursor: self.initial_cursor(&key.topic, key.queue),
+                    cursor: self.initial_cursor(&key),
                     ..Default::default()
                 };
                 &fresh

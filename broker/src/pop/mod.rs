@@ -668,6 +668,44 @@ impl PopService {
         Some(pending.map_or(q.cursor, |p| p.min(q.cursor)))
     }
 
+    /// Whether `group` has popped from `topic`'s queue (its progress there is the pop
+    /// state's, not a committed offset).
+    pub fn pops_on(&self, group: &str, topic: &str, queue: i32) -> bool {
+        self.progress(group, topic, queue).is_some()
+    }
+
+    /// Moves `group`'s cursor on `topic`'s queue to `offset` (an operator's reset): what was
+    /// in flight or due for redelivery there is forgotten and the next pop starts at
+    /// `offset`. Durable when it returns.
+    pub async fn reset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue: i32,
+        offset: i64,
+    ) -> Result<(), PopError> {
+        let inner = &self.inner;
+        let key = QueueKey {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue,
+        };
+        let end = {
+            let mut st = inner.lock_state();
+            inner.log(
+                &mut st,
+                Vec::new(),
+                &[PopRecord::Reset {
+                    key,
+                    cursor: offset,
+                }],
+            )?
+        };
+        inner.store.wait_stored(end, WAIT).await?;
+        inner.store.topic_arrival(topic).notify_waiters();
+        Ok(())
+    }
+
     /// Messages in flight (all groups).
     pub fn in_flight(&self) -> usize {
         self.inner.lock_state().deadlines.len()

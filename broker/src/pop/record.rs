@@ -82,6 +82,14 @@ pub enum PopRecord {
         /// What was done.
         outcome: ReviveOutcome,
     },
+    /// An operator moved the group's cursor on the queue (a reset by time or offset): what
+    /// was in flight or due for redelivery there is forgotten.
+    Reset {
+        /// Queue.
+        key: QueueKey,
+        /// The new cursor.
+        cursor: i64,
+    },
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -191,6 +199,11 @@ impl PopRecord {
                     ReviveOutcome::Redeliver => 2,
                 });
             }
+            PopRecord::Reset { key, cursor } => {
+                out.put_u8(b'S');
+                put_key(&mut out, key);
+                out.put_i64(*cursor);
+            }
         }
         out
     }
@@ -241,6 +254,13 @@ impl PopRecord {
                     invisible: b.get_i64(),
                 }
             }
+            b'S' => {
+                need!(b, 8);
+                PopRecord::Reset {
+                    key,
+                    cursor: b.get_i64(),
+                }
+            }
             b'R' => {
                 need!(b, 17);
                 let offset = b.get_i64();
@@ -269,7 +289,8 @@ impl PopRecord {
             PopRecord::Pop { key, .. }
             | PopRecord::Ack { key, .. }
             | PopRecord::Change { key, .. }
-            | PopRecord::Revive { key, .. } => key,
+            | PopRecord::Revive { key, .. }
+            | PopRecord::Reset { key, .. } => key,
         }
     }
 }
@@ -309,11 +330,12 @@ mod tests {
                 invisible: 10,
             },
             PopRecord::Revive {
-                key,
+                key: key.clone(),
                 offset: 8,
                 seq: 78,
                 outcome: ReviveOutcome::Redeliver,
             },
+            PopRecord::Reset { key, cursor: 4 },
         ];
         for r in records {
             let b = r.encode();

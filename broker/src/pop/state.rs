@@ -307,6 +307,15 @@ impl PopState {
                     }
                 }
             }
+            PopRecord::Reset { key, cursor } => {
+                let q = self.queues.entry(key.clone()).or_default();
+                q.cursor = *cursor;
+                q.redeliver.clear();
+                for (off, f) in std::mem::take(&mut q.inflight) {
+                    self.deadlines
+                        .remove(&(f.deadline(), key.clone(), off, f.seq));
+                }
+            }
         }
     }
 
@@ -391,5 +400,15 @@ mod tests {
         bad[30] ^= 1;
         assert!(PopState::decode_snapshot(&bad).is_err());
         assert!(PopState::decode_snapshot(&bin[..bin.len() - 9]).is_err());
+        // A reset moves the cursor either way and forgets what was in flight or due.
+        s.apply(&PopRecord::Reset {
+            key: key(),
+            cursor: 1,
+        });
+        let q = &s.queues[&key()];
+        assert_eq!(q.cursor, 1);
+        assert!(q.inflight.is_empty() && q.redeliver.is_empty());
+        assert!(s.deadlines.is_empty());
+        assert!(s.current(&key(), 1, 2).is_none());
     }
 }

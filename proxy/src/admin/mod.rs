@@ -704,12 +704,24 @@ async fn run(cli: Cli) -> AdminResult<Table> {
                         )
                         .await?
                         .unwrap_or(0);
-                    let req = RemotingCommand::request(rc::UPDATE_CONSUMER_OFFSET)
-                        .with_field("consumerGroup", &group)
+                    // A reset moves a Pop group's cursor too; a broker without the request
+                    // gets the committed offset updated.
+                    let req = RemotingCommand::request(rc::INVOKE_BROKER_TO_RESET_OFFSET)
+                        .with_field("group", &group)
                         .with_field("topic", &topic)
                         .with_field("queueId", q.to_string())
-                        .with_field("commitOffset", new.to_string());
-                    let r = admin.broker(&addr, req).await?;
+                        .with_field("offset", new.to_string())
+                        .with_field("timestamp", at.to_string())
+                        .with_field("isForce", "true");
+                    let mut r = admin.broker(&addr, req).await?;
+                    if r.code == code::REQUEST_CODE_NOT_SUPPORTED {
+                        let req = RemotingCommand::request(rc::UPDATE_CONSUMER_OFFSET)
+                            .with_field("consumerGroup", &group)
+                            .with_field("topic", &topic)
+                            .with_field("queueId", q.to_string())
+                            .with_field("commitOffset", new.to_string());
+                        r = admin.broker(&addr, req).await?;
+                    }
                     if r.code != code::SUCCESS {
                         return Err(refused(format!("reset {topic}@{q} on {name}"), &r));
                     }
