@@ -105,9 +105,13 @@ impl Node {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(7);
+        // Nothing is lost between two processes on one host: a retransmission timeout only
+        // fires when a process is descheduled. 100 ms x 7 retries rides out the stalls of a
+        // loaded 2-core machine (the default 20 ms gave up after 160 ms with a stalled peer).
         let attr = QpAttr {
             access: Access::REMOTE_WRITE | Access::REMOTE_READ,
             rnr_retry,
+            timeout: std::time::Duration::from_millis(100),
             ..QpAttr::default()
         };
         self.qp.connect(remote, &attr).unwrap();
