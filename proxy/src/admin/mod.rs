@@ -421,8 +421,30 @@ fn message_row(t: &mut Table, broker: &str, m: &StoredMessage) {
         json!(props.get(prop::KEYS)),
         json!(m.store_timestamp),
         json!(m.body.len()),
-        json!(String::from_utf8_lossy(&m.body[..m.body.len().min(64)])),
+        json!(body_preview(&m.body)),
     ]);
+}
+
+/// The start of a body: text as is, anything else (control characters, invalid UTF-8) as
+/// `0x` and hex, so a binary body never reaches the terminal raw.
+fn body_preview(body: &[u8]) -> String {
+    let head = &body[..body.len().min(64)];
+    let text = match std::str::from_utf8(head) {
+        Ok(t) => Some(t),
+        // Cut inside a character: the whole ones before it.
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).ok(),
+        Err(_) => None,
+    };
+    match text {
+        Some(t) if !t.chars().any(char::is_control) => t.to_owned(),
+        _ => {
+            let mut out = String::from("0x");
+            for b in &head[..head.len().min(32)] {
+                out.push_str(&format!("{b:02x}"));
+            }
+            out
+        }
+    }
 }
 
 const MESSAGE_COLUMNS: [&str; 10] = [
@@ -863,6 +885,17 @@ pub fn admin_main(args: Vec<String>) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_show_as_text_or_hex() {
+        assert_eq!(body_preview(b"hello"), "hello");
+        assert_eq!(body_preview(&[7, 0, 255]), "0x0700ff");
+        assert_eq!(body_preview(b"line\nbreak"), "0x6c696e650a627265616b");
+        // 63 ASCII bytes and a two-byte character cut at byte 64: the text before it.
+        let mut b = vec![b'a'; 63];
+        b.extend_from_slice("é".as_bytes());
+        assert_eq!(body_preview(&b), "a".repeat(63));
+    }
 
     #[test]
     fn times_are_epoch_millis_or_relative() {
