@@ -27,6 +27,10 @@ pub trait Harness: Send + Sync + 'static {
     fn send_bound(&self, bytes: usize) -> u64;
     /// An endpoint to bind (port 0).
     fn endpoint(&self) -> Endpoint;
+    /// Calls in flight at once in [`concurrent_calls`].
+    fn concurrent_calls(&self) -> usize {
+        10_000
+    }
 }
 
 pub type Conn<H> = Connection<<<<H as Harness>::T as Transport>::Link as Link>::Tx>;
@@ -81,7 +85,8 @@ pub async fn concurrent_calls<H: Harness>(h: H) {
     let server = serve(&h, router()).await;
     let conn = connect(&h, &h.transport(), server.local_endpoint()).await;
     let mut calls = tokio::task::JoinSet::new();
-    for i in 0..10_000usize {
+    let n = h.concurrent_calls();
+    for i in 0..n {
         let conn = conn.clone();
         calls.spawn(async move {
             let body = Bytes::from(format!("body-{i}").into_bytes());
@@ -94,7 +99,7 @@ pub async fn concurrent_calls<H: Harness>(h: H) {
             i
         });
     }
-    let mut seen = vec![false; 10_000];
+    let mut seen = vec![false; n];
     while let Some(i) = calls.join_next().await {
         seen[i.unwrap()] = true;
     }
@@ -102,7 +107,7 @@ pub async fn concurrent_calls<H: Harness>(h: H) {
     assert_eq!(conn.pending_calls(), 0);
     let c = conn.counters().snapshot();
     assert!(
-        c.frames_sent >= 10_000 && c.frames_received >= 10_000,
+        c.frames_sent >= n as u64 && c.frames_received >= n as u64,
         "{c:?}"
     );
 }
