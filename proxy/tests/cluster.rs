@@ -517,6 +517,44 @@ async fn a_name_server_cluster_serves_through_either_proxy_and_follows_membershi
 }
 
 /// Runs `rdmq-admin` with `args`; its exit code and stdout (stderr on failure).
+/// A name server, `broker-a` and `broker-b`, and a proxy with its remoting endpoint.
+struct SmallCluster {
+    ns_addr: String,
+    remoting: Endpoint,
+    _procs: Vec<Proc>,
+    _dir: TempDir,
+}
+
+impl SmallCluster {
+    fn start(name: &str) -> SmallCluster {
+        let dir = TempDir::new(name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rdmq-namesrv"));
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        let ns = Proc::spawn("namesrv", cmd, &dir.0, 1);
+        let ns_addr = ns.url("tcp://").trim_start_matches("tcp://").to_owned();
+        let mut procs = vec![ns];
+        procs.extend(
+            ["broker-a", "broker-b"]
+                .iter()
+                .map(|n| broker(&dir, n, &ns_addr)),
+        );
+        let proxy = proxy(&dir, "proxy", &ns_addr);
+        let remoting: Endpoint = format!(
+            "tcp://{}",
+            proxy.url("remoting://").trim_start_matches("remoting://")
+        )
+        .parse()
+        .unwrap();
+        procs.push(proxy);
+        SmallCluster {
+            ns_addr,
+            remoting,
+            _procs: procs,
+            _dir: dir,
+        }
+    }
+}
+
 fn admin(ns: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_rdmq-admin"))
         .args(["--namesrv", ns])
@@ -546,25 +584,8 @@ fn sum(rows: &[serde_json::Value], col: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rdmq_admin_operates_a_running_cluster() {
-    let dir = TempDir::new("admin");
-    let ns = {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rdmq-namesrv"));
-        cmd.args(["--listen", "127.0.0.1:0"]);
-        Proc::spawn("namesrv", cmd, &dir.0, 1)
-    };
-    let ns_addr = ns.url("tcp://").trim_start_matches("tcp://").to_owned();
-    let ns = &ns_addr;
-    let _brokers: Vec<Proc> = ["broker-a", "broker-b"]
-        .iter()
-        .map(|n| broker(&dir, n, ns))
-        .collect();
-    let proxy = proxy(&dir, "proxy", ns);
-    let remoting: Endpoint = format!(
-        "tcp://{}",
-        proxy.url("remoting://").trim_start_matches("remoting://")
-    )
-    .parse()
-    .unwrap();
+    let c = SmallCluster::start("admin");
+    let (ns, remoting) = (&c.ns_addr, &c.remoting);
 
     let brokers = admin_json(ns, &["cluster", "list"]);
     let names: BTreeSet<&str> = brokers
@@ -758,25 +779,8 @@ fn rocketmq_popped(r: &RemotingCommand) -> Vec<(rdmq_protocol::message::StoredMe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remoting_clients_pop_and_ack_through_the_proxy() {
     use rdmq_protocol::ExtraInfo;
-    let dir = TempDir::new("rpop");
-    let ns = {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rdmq-namesrv"));
-        cmd.args(["--listen", "127.0.0.1:0"]);
-        Proc::spawn("namesrv", cmd, &dir.0, 1)
-    };
-    let ns_addr = ns.url("tcp://").trim_start_matches("tcp://").to_owned();
-    let ns = &ns_addr;
-    let _brokers: Vec<Proc> = ["broker-a", "broker-b"]
-        .iter()
-        .map(|n| broker(&dir, n, ns))
-        .collect();
-    let proxy = proxy(&dir, "proxy", ns);
-    let remoting: Endpoint = format!(
-        "tcp://{}",
-        proxy.url("remoting://").trim_start_matches("remoting://")
-    )
-    .parse()
-    .unwrap();
+    let c = SmallCluster::start("rpop");
+    let (ns, remoting) = (&c.ns_addr, &c.remoting);
     assert_eq!(
         admin_json(ns, &["topic", "create", "pop-t", "--queues", "2"]).len(),
         2

@@ -130,14 +130,7 @@ fn foreign_record(
     }
     let mut nm = NewMessage::from_stored(&m, &m.topic, m.queue_id, props.encode());
     nm.reconsume_times = m.reconsume_times;
-    message::encode_record(
-        &nm,
-        m.queue_offset,
-        m.physical_offset,
-        m.store_timestamp,
-        m.store_host,
-        out,
-    );
+    message::encode_record_like(&nm, &m, out);
     Ok(())
 }
 
@@ -217,30 +210,14 @@ fn rocketmq_batch(b: &Broker, v: &serde_json::Value) -> Result<Vec<(String, Stri
         .ok_or_else(|| bad("`acks` is not a list".into()))?;
     let mut out = Vec::new();
     for a in acks {
-        let s = |k: &str, long: &str| {
-            a.get(k)
-                .or_else(|| a.get(long))
-                .and_then(|x| x.as_str())
-                .ok_or_else(|| bad(format!("an ack lacks `{k}`")))
-        };
-        let n = |k: &str, long: &str| {
-            a.get(k)
-                .or_else(|| a.get(long))
-                .and_then(|x| x.as_i64())
-                .ok_or_else(|| bad(format!("an ack lacks `{k}`")))
-        };
-        let group = s("c", "consumerGroup")?;
-        let topic = s("t", "topic")?;
-        let retry = match a.get("r").or_else(|| a.get("retry")) {
-            None => 0,
-            Some(r) => match r.as_str().and_then(|t| t.parse().ok()).or(r.as_u64()) {
-                Some(f @ 0..=2) => f as u8,
-                _ => return Err(bad(format!("retry flag `{r}` is not 0, 1 or 2"))),
-            },
-        };
-        let start = n("so", "startOffset")?;
-        let queue = n("q", "queueId")? as i32;
-        let pop_time = n("pt", "popTime")?;
+        let rdmq_protocol::handle::BatchAckEntry {
+            group,
+            topic,
+            retry,
+            queue,
+            start,
+            pop_time,
+        } = rdmq_protocol::handle::BatchAckEntry::parse(a).map_err(bad)?;
         let bits = match a.get("b").or_else(|| a.get("bitSet")) {
             Some(serde_json::Value::Array(x)) => x
                 .iter()

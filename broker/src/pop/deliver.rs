@@ -200,14 +200,7 @@ impl Inner {
             let mut nm = NewMessage::from_stored(&m, &topic, m.queue_id, props.encode());
             nm.reconsume_times = attempt as i32 - 1;
             let mut buf = BytesMut::with_capacity(message::record_len(&nm));
-            message::encode_record(
-                &nm,
-                m.queue_offset,
-                m.physical_offset,
-                m.store_timestamp,
-                m.store_host,
-                &mut buf,
-            );
+            message::encode_record_like(&nm, &m, &mut buf);
             out.messages.push(Popped {
                 handle,
                 attempt,

@@ -219,14 +219,7 @@ impl Front {
                 None => layouts.virtual_of(0, &p.name, m.queue_id).await?,
             };
             let nm = NewMessage::from_stored(&m, &m.topic, q, props.encode());
-            message::encode_record(
-                &nm,
-                m.queue_offset,
-                m.physical_offset,
-                m.store_timestamp,
-                m.store_host,
-                &mut body,
-            );
+            message::encode_record_like(&nm, &m, &mut body);
         }
         r.body = body.freeze();
         Ok(r)
@@ -275,35 +268,17 @@ impl Front {
             .ok_or_else(|| bad("`acks` is not a list".into()))?;
         let mut per_broker: Vec<(Part, Vec<serde_json::Value>)> = Vec::new();
         for a in acks {
-            let s = |k: &str, long: &str| {
-                a.get(k)
-                    .or_else(|| a.get(long))
-                    .and_then(|x| x.as_str())
-                    .ok_or_else(|| bad(format!("an ack lacks `{k}`")))
-            };
-            let group = s("c", "consumerGroup")?;
-            let topic = s("t", "topic")?;
-            let flag = match a.get("r").or_else(|| a.get("retry")) {
-                None => 0,
-                Some(r) => match r.as_str().and_then(|t| t.parse().ok()).or(r.as_u64()) {
-                    Some(f @ 0..=2) => f as u8,
-                    _ => return Err(bad(format!("retry flag `{r}` is not 0, 1 or 2"))),
-                },
-            };
+            let e = rdmq_protocol::handle::BatchAckEntry::parse(a).map_err(bad)?;
+            let (group, topic, flag, vq) = (e.group, e.topic, e.retry, e.queue);
             let q_key = if a.get("q").is_some() { "q" } else { "queueId" };
-            let vq = a
-                .get(q_key)
-                .and_then(|q| q.as_i64())
-                .ok_or_else(|| bad("an ack lacks `q`".into()))?;
             let named = if flag == 1 {
                 ExtraInfo::topic_of(flag, topic, group)
             } else {
                 topic.to_owned()
             };
             let l = self.layout(&named).await?;
-            let (p, rq) = i32::try_from(vq)
-                .ok()
-                .and_then(|vq| l.real(vq))
+            let (p, rq) = l
+                .real(vq)
                 .ok_or_else(|| bad(format!("queue {vq} of topic `{topic}` does not exist")))?;
             let mut a = a.clone();
             a[q_key] = rq.into();

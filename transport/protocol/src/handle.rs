@@ -197,6 +197,58 @@ impl fmt::Display for ExtraInfo {
     }
 }
 
+/// What one entry of RocketMQ's `BatchAckMessageRequestBody` acks (short keys as RocketMQ
+/// writes them — `c`, `t`, `r`, `q`, `so`, `pt` — or the long names): bits of its bit set
+/// count from `start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchAckEntry<'a> {
+    /// Consumer group.
+    pub group: &'a str,
+    /// Topic as the client names it (the original topic for retry copies).
+    pub topic: &'a str,
+    /// Retry flag, as in [`ExtraInfo::retry`].
+    pub retry: u8,
+    /// Queue.
+    pub queue: i32,
+    /// Offset of bit 0.
+    pub start: i64,
+    /// Pop instant (ms).
+    pub pop_time: i64,
+}
+
+impl<'a> BatchAckEntry<'a> {
+    /// Reads an entry; the error says which field is missing or wrong.
+    pub fn parse(a: &'a serde_json::Value) -> Result<Self, String> {
+        let get = |k: &str, long: &str| a.get(k).or_else(|| a.get(long));
+        let s = |k: &str, long: &str| {
+            get(k, long)
+                .and_then(|x| x.as_str())
+                .ok_or_else(|| format!("an ack lacks `{k}`"))
+        };
+        let n = |k: &str, long: &str| {
+            get(k, long)
+                .and_then(|x| x.as_i64())
+                .ok_or_else(|| format!("an ack lacks `{k}`"))
+        };
+        let retry = match get("r", "retry") {
+            None => 0,
+            Some(r) => match r.as_str().and_then(|t| t.parse().ok()).or(r.as_u64()) {
+                Some(f @ 0..=2) => f as u8,
+                _ => return Err(format!("retry flag `{r}` is not 0, 1 or 2")),
+            },
+        };
+        let queue = n("q", "queueId")?;
+        Ok(BatchAckEntry {
+            group: s("c", "consumerGroup")?,
+            topic: s("t", "topic")?,
+            retry,
+            queue: i32::try_from(queue).map_err(|_| format!("queue {queue} is out of range"))?,
+            start: n("so", "startOffset")?,
+            pop_time: n("pt", "popTime")?,
+        })
+    }
+}
+
 /// The `startOffsetInfo` and `msgOffsetInfo` fields of a POP answer, from which RocketMQ
 /// clients and proxies build each message's [`ExtraInfo`]: per `(topic, queue)` popped from,
 /// in order, `retryFlag queueId startOffset` and `retryFlag queueId offset,offset,…`, entries

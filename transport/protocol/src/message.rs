@@ -300,6 +300,19 @@ pub fn encode_record(
     out.put_slice(msg.properties.as_bytes());
 }
 
+/// Appends `msg` as the record of the stored message `like` (its offsets, store time and
+/// store host kept): a stored record re-encoded with another topic, queue or properties.
+pub fn encode_record_like(msg: &NewMessage, like: &StoredMessage, out: &mut impl BufMut) {
+    encode_record(
+        msg,
+        like.queue_offset,
+        like.physical_offset,
+        like.store_timestamp,
+        like.store_host,
+        out,
+    );
+}
+
 /// A stored record, decoded (fields borrow from the record bytes where possible).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
