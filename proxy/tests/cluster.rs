@@ -633,7 +633,7 @@ async fn rdmq_admin_operates_a_running_cluster() {
         let props = format!("KEYS\u{1}admin-key-{q}\u{2}TAGS\u{1}t\u{2}");
         let r = ours
             .invoke(
-                &remoting,
+                remoting,
                 RemotingCommand::request(rc::SEND_MESSAGE_V2)
                     .with_field("a", "admin-producer")
                     .with_field("b", "admin-t")
@@ -789,7 +789,6 @@ async fn remoting_clients_pop_and_ack_through_the_proxy() {
     let ours = Client::new(TcpTransport::default(), ClientConfig::default());
     let call = |c: RemotingCommand| {
         let ours = &ours;
-        let remoting = &remoting;
         async move {
             ours.invoke(remoting, c, Some(Duration::from_secs(10)))
                 .await
