@@ -517,6 +517,23 @@ async fn a_name_server_cluster_serves_through_either_proxy_and_follows_membershi
 }
 
 /// Runs `rdmq-admin` with `args`; its exit code and stdout (stderr on failure).
+/// SEND_MESSAGE_V2 of `body` to `topic`'s (virtual) queue `queue`, as remoting producers send it.
+fn send_v2(topic: &str, queue: i32, properties: &str, body: String) -> RemotingCommand {
+    RemotingCommand::request(rc::SEND_MESSAGE_V2)
+        .with_field("a", "test-producer")
+        .with_field("b", topic)
+        .with_field("c", "TBW102")
+        .with_field("d", "4")
+        .with_field("e", queue.to_string())
+        .with_field("f", "0")
+        .with_field("g", rdmq_protocol::now_ms().to_string())
+        .with_field("h", "0")
+        .with_field("i", properties)
+        .with_field("j", "0")
+        .with_field("k", "false")
+        .with_body(body.into_bytes())
+}
+
 /// A name server, `broker-a` and `broker-b`, and a proxy with its remoting endpoint.
 struct SmallCluster {
     ns_addr: String,
@@ -634,19 +651,7 @@ async fn rdmq_admin_operates_a_running_cluster() {
         let r = ours
             .invoke(
                 remoting,
-                RemotingCommand::request(rc::SEND_MESSAGE_V2)
-                    .with_field("a", "admin-producer")
-                    .with_field("b", "admin-t")
-                    .with_field("c", "TBW102")
-                    .with_field("d", "4")
-                    .with_field("e", q.to_string())
-                    .with_field("f", "0")
-                    .with_field("g", rdmq_protocol::now_ms().to_string())
-                    .with_field("h", "0")
-                    .with_field("i", props)
-                    .with_field("j", "0")
-                    .with_field("k", "false")
-                    .with_body(format!("admin body {q}").into_bytes()),
+                send_v2("admin-t", q, &props, format!("admin body {q}")),
                 Some(Duration::from_secs(5)),
             )
             .await
@@ -817,21 +822,12 @@ async fn remoting_clients_pop_and_ack_through_the_proxy() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for i in 0..8 {
-        let r = call(
-            RemotingCommand::request(rc::SEND_MESSAGE_V2)
-                .with_field("a", "pop-producer")
-                .with_field("b", "pop-t")
-                .with_field("c", "TBW102")
-                .with_field("d", "4")
-                .with_field("e", (i % 4).to_string())
-                .with_field("f", "0")
-                .with_field("g", rdmq_protocol::now_ms().to_string())
-                .with_field("h", "0")
-                .with_field("i", "TAGS\u{1}t\u{2}")
-                .with_field("j", "0")
-                .with_field("k", "false")
-                .with_body(format!("pop body {i}").into_bytes()),
-        )
+        let r = call(send_v2(
+            "pop-t",
+            i % 4,
+            "TAGS\u{1}t\u{2}",
+            format!("pop body {i}"),
+        ))
         .await;
         assert_eq!(r.code, response_code::SUCCESS, "{:?}", r.remark);
     }
